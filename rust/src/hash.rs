@@ -1,0 +1,168 @@
+//! Content hashing: BLAKE3 (default) or SHA-256 (REAPI/Bazel interop).
+//!
+//! Small files are read into a per-thread buffer; large ones are memory-mapped so the
+//! kernel pages them in without a copy, and very large ones are hashed with BLAKE3's
+//! multi-threaded tree mode.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use sha2::Digest as _;
+
+/// Files at or above this size are memory-mapped instead of read.
+const MMAP_THRESHOLD: u64 = 256 * 1024;
+/// Files at or above this size use BLAKE3's rayon-parallel tree hashing.
+const PARALLEL_THRESHOLD: u64 = 16 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DigestFn {
+    Blake3,
+    Sha256,
+}
+
+impl DigestFn {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "blake3" => Ok(DigestFn::Blake3),
+            "sha256" | "sha-256" => Ok(DigestFn::Sha256),
+            other => Err(format!("unknown digest function '{other}' (expected blake3 or sha256)")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestFn::Blake3 => "blake3",
+            DigestFn::Sha256 => "sha256",
+        }
+    }
+}
+
+/// (hash, size) of a byte string. Both supported functions produce 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    pub hash: [u8; 32],
+    pub size: u64,
+}
+
+impl Digest {
+    pub fn hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    /// Parses `<hex>/<size>`.
+    pub fn parse(text: &str) -> Result<Digest, String> {
+        let (h, s) = text
+            .split_once('/')
+            .ok_or_else(|| format!("invalid digest '{text}': expected <hex>/<size>"))?;
+        let hash = parse_hex(h).map_err(|e| format!("invalid digest '{text}': {e}"))?;
+        let size = s
+            .parse::<u64>()
+            .map_err(|_| format!("invalid digest '{text}': size '{s}' is not a number"))?;
+        Ok(Digest { hash, size })
+    }
+}
+
+pub fn parse_hex(h: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    if h.len() != 64 {
+        return Err(format!("hash must be 64 hex characters, got {}", h.len()));
+    }
+    hex::decode_to_slice(h, &mut out).map_err(|_| "hash is not hexadecimal".to_string())?;
+    Ok(out)
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.hex(), self.size)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+pub fn hash_bytes(f: DigestFn, data: &[u8]) -> Digest {
+    let hash: [u8; 32] = match f {
+        DigestFn::Blake3 => {
+            if data.len() as u64 >= PARALLEL_THRESHOLD {
+                *blake3::Hasher::new().update_rayon(data).finalize().as_bytes()
+            } else {
+                *blake3::hash(data).as_bytes()
+            }
+        }
+        DigestFn::Sha256 => sha2::Sha256::digest(data).into(),
+    };
+    Digest { hash, size: data.len() as u64 }
+}
+
+thread_local! {
+    // Reused across files on the same rayon worker so small-file hashing never allocates.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MMAP_THRESHOLD as usize));
+}
+
+/// Hashes the file at `path` (following symlinks, as b3sum and sha256sum do).
+pub fn hash_path(f: DigestFn, path: &Path) -> io::Result<Digest> {
+    let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+    }
+    let len = meta.len();
+    if len >= MMAP_THRESHOLD {
+        // SAFETY: the map is read-only and dropped before returning; a concurrent writer can
+        // at worst make us hash torn bytes, which the stat cache's racy-clean rule re-checks.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        return Ok(hash_bytes(f, &map[..]));
+    }
+    READ_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        // Files can grow between stat and read; read_to_end handles any length.
+        file.read_to_end(&mut buf)?;
+        Ok(hash_bytes(f, &buf))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blake3_empty_matches_reference() {
+        let d = hash_bytes(DigestFn::Blake3, b"");
+        assert_eq!(d.hex(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+        assert_eq!(d.size, 0);
+    }
+
+    #[test]
+    fn sha256_abc_matches_reference() {
+        let d = hash_bytes(DigestFn::Sha256, b"abc");
+        assert_eq!(d.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn digest_parse_round_trip() {
+        let d = hash_bytes(DigestFn::Blake3, b"hello");
+        assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
+        assert!(Digest::parse("zz/1").is_err());
+        assert!(Digest::parse(&format!("{}/x", d.hex())).is_err());
+    }
+
+    #[test]
+    fn file_hash_equals_bytes_hash_across_thresholds() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [0usize, 1, 1024, MMAP_THRESHOLD as usize - 1, MMAP_THRESHOLD as usize, 3 << 20] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let p = dir.path().join(format!("f{size}"));
+            std::fs::write(&p, &data).unwrap();
+            for f in [DigestFn::Blake3, DigestFn::Sha256] {
+                assert_eq!(hash_path(f, &p).unwrap(), hash_bytes(f, &data), "size {size}");
+            }
+        }
+    }
+}

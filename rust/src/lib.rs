@@ -1,0 +1,425 @@
+//! `ciopt._native`: hashing, Merkle trees and the LMDB store, exposed to Python.
+//! Every call that touches the filesystem or hashes bytes releases the GIL.
+
+pub mod hash;
+pub mod scan;
+pub mod size;
+pub mod stat_cache;
+pub mod store;
+pub mod tree;
+pub mod walk;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use hash::{Digest, DigestFn};
+use scan::ScanError;
+use store::{Fetched, StoreError};
+use tree::{Leaf, NodeKind};
+use walk::WalkOptions;
+
+create_exception!(_native, PyStoreError, PyException, "The store cannot be opened or used.");
+create_exception!(_native, PyCorruptBlobError, PyStoreError, "A stored blob failed verification on read; it has been removed.");
+
+fn store_err(e: StoreError) -> PyErr {
+    match e {
+        StoreError::Corrupt(m) => PyCorruptBlobError::new_err(m),
+        StoreError::Invalid(m) | StoreError::Internal(m) => PyStoreError::new_err(m),
+    }
+}
+
+fn scan_err(e: ScanError) -> PyErr {
+    match e {
+        // (errno, strerror, filename) makes Python pick FileNotFoundError etc. itself.
+        ScanError::Io(p, e) => {
+            let msg = e.to_string();
+            let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
+            match e.raw_os_error() {
+                Some(code) => PyOSError::new_err((code, msg, p.display().to_string())),
+                None => PyOSError::new_err(format!("{}: {msg}", p.display())),
+            }
+        }
+        ScanError::Walk(m) => PyOSError::new_err(m),
+        ScanError::Store(e) => store_err(e),
+    }
+}
+
+fn digest_fn(name: &str) -> PyResult<DigestFn> {
+    DigestFn::parse(name).map_err(PyValueError::new_err)
+}
+
+#[pyclass(name = "Digest", module = "ciopt._native", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PyDigest(Digest);
+
+#[pymethods]
+impl PyDigest {
+    #[new]
+    fn new(hash: &str, size: u64) -> PyResult<Self> {
+        Ok(PyDigest(Digest { hash: hash::parse_hex(hash).map_err(PyValueError::new_err)?, size }))
+    }
+    #[staticmethod]
+    fn parse(text: &str) -> PyResult<Self> {
+        Digest::parse(text).map(PyDigest).map_err(PyValueError::new_err)
+    }
+    #[getter]
+    fn hash(&self) -> String {
+        self.0.hex()
+    }
+    #[getter]
+    fn size(&self) -> u64 {
+        self.0.size
+    }
+    fn __str__(&self) -> String {
+        self.0.to_string()
+    }
+    fn __repr__(&self) -> String {
+        format!("Digest('{}', {})", self.0.hex(), self.0.size)
+    }
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<(PyObject, (String, u64))> {
+        Ok((py.get_type::<PyDigest>().into_any().unbind(), (self.0.hex(), self.0.size)))
+    }
+}
+
+#[pyclass(name = "TreeEntry", module = "ciopt._native", frozen, get_all)]
+pub struct PyTreeEntry {
+    path: String,
+    digest: PyDigest,
+    is_executable: bool,
+    is_symlink: bool,
+}
+
+#[pyclass(name = "Tree", module = "ciopt._native", frozen)]
+pub struct PyTree {
+    #[pyo3(get)]
+    root: String,
+    #[pyo3(get)]
+    digest: PyDigest,
+    /// Files read to compute this tree (StatCache misses), and their bytes.
+    #[pyo3(get)]
+    files_read: u64,
+    #[pyo3(get)]
+    bytes_read: u64,
+    leaves: Vec<Leaf>,
+}
+
+#[pymethods]
+impl PyTree {
+    fn entries(&self) -> Vec<PyTreeEntry> {
+        self.leaves
+            .iter()
+            .map(|l| PyTreeEntry {
+                path: l.rel.clone(),
+                digest: PyDigest(l.digest),
+                is_executable: l.kind == NodeKind::Executable,
+                is_symlink: l.kind == NodeKind::Symlink,
+            })
+            .collect()
+    }
+    fn files<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for l in &self.leaves {
+            d.set_item(&l.rel, l.digest.hex())?;
+        }
+        Ok(d)
+    }
+    fn __len__(&self) -> usize {
+        self.leaves.len()
+    }
+    fn __repr__(&self) -> String {
+        format!("Tree('{}', {}, {} files)", self.root, self.digest.0, self.leaves.len())
+    }
+}
+
+fn tree_impl(
+    py: Python<'_>,
+    f: DigestFn,
+    store: Option<&Arc<store::Store>>,
+    root: PathBuf,
+    excludes: Vec<String>,
+    gitignore: bool,
+) -> PyResult<PyTree> {
+    let scanned = py
+        .allow_threads(|| scan::scan_tree(f, store.map(|s| &**s), &root, &WalkOptions { excludes: &excludes, gitignore }))
+        .map_err(scan_err)?;
+    Ok(PyTree {
+        root: root.display().to_string(),
+        digest: PyDigest(scanned.root),
+        files_read: scanned.files_read,
+        bytes_read: scanned.bytes_read,
+        leaves: scanned.leaves,
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, digest = "blake3"))]
+fn hash_bytes(py: Python<'_>, data: &[u8], digest: &str) -> PyResult<PyDigest> {
+    let f = digest_fn(digest)?;
+    Ok(PyDigest(py.allow_threads(|| hash::hash_bytes(f, data))))
+}
+
+#[pyfunction]
+#[pyo3(signature = (path, digest = "blake3"))]
+fn hash_file(py: Python<'_>, path: PathBuf, digest: &str) -> PyResult<PyDigest> {
+    let f = digest_fn(digest)?;
+    let out = py.allow_threads(|| scan::digest_files(f, None, std::slice::from_ref(&path), true)).map_err(scan_err)?;
+    Ok(PyDigest(out[0].digest))
+}
+
+#[pyfunction]
+#[pyo3(signature = (paths, digest = "blake3"))]
+fn hash_files(py: Python<'_>, paths: Vec<PathBuf>, digest: &str) -> PyResult<Vec<PyDigest>> {
+    let f = digest_fn(digest)?;
+    let out = py.allow_threads(|| scan::digest_files(f, None, &paths, true)).map_err(scan_err)?;
+    Ok(out.into_iter().map(|fd| PyDigest(fd.digest)).collect())
+}
+
+#[pyfunction]
+#[pyo3(signature = (root, digest = "blake3", excludes = Vec::new(), gitignore = true))]
+fn hash_tree(py: Python<'_>, root: PathBuf, digest: &str, excludes: Vec<String>, gitignore: bool) -> PyResult<PyTree> {
+    tree_impl(py, digest_fn(digest)?, None, root, excludes, gitignore)
+}
+
+#[pyfunction]
+fn parse_size(text: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if let Ok(n) = text.extract::<u64>() {
+        return Ok(n);
+    }
+    let s: String = text.extract()?;
+    size::parse_size(&s).map_err(PyValueError::new_err)
+}
+
+#[pyclass(name = "Store", module = "ciopt._native", frozen)]
+pub struct PyStore {
+    inner: Arc<store::Store>,
+    #[pyo3(get)]
+    max_size: Option<u64>,
+}
+
+impl PyStore {
+    /// Accepts a Digest, `<hex>/<size>`, or a bare hex hash (size looked up in the store).
+    fn to_digest(&self, obj: &Bound<'_, PyAny>) -> PyResult<Option<Digest>> {
+        if let Ok(d) = obj.downcast::<PyDigest>() {
+            return Ok(Some(d.get().0));
+        }
+        let s: String = obj.extract().map_err(|_| PyValueError::new_err("expected a Digest or a '<hex>/<size>' string"))?;
+        if s.contains('/') {
+            return Digest::parse(&s).map(Some).map_err(PyValueError::new_err);
+        }
+        let h = hash::parse_hex(&s).map_err(|e| PyValueError::new_err(format!("invalid digest '{s}': {e}")))?;
+        Ok(self.inner.size_of(&h).map_err(store_err)?.map(|size| Digest { hash: h, size }))
+    }
+
+    fn to_digests(&self, objs: &Bound<'_, PyAny>) -> PyResult<Vec<Option<Digest>>> {
+        objs.try_iter()?.map(|o| self.to_digest(&o?)).collect()
+    }
+}
+
+fn action_key(key: &str) -> PyResult<[u8; 32]> {
+    hash::parse_hex(key).map_err(|e| PyValueError::new_err(format!("invalid ActionKey '{key}': {e}")))
+}
+
+#[pymethods]
+impl PyStore {
+    #[new]
+    #[pyo3(signature = (path, digest = None, max_size = None))]
+    fn new(py: Python<'_>, path: PathBuf, digest: Option<&str>, max_size: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let want = digest.map(digest_fn).transpose()?;
+        let max_size = max_size.map(parse_size).transpose()?;
+        let inner = py.allow_threads(|| store::Store::open(&path, want)).map_err(store_err)?;
+        Ok(PyStore { inner, max_size })
+    }
+
+    #[getter]
+    fn path(&self) -> String {
+        self.inner.dir.display().to_string()
+    }
+
+    #[getter]
+    fn digest_function(&self) -> &'static str {
+        self.inner.digest_fn.name()
+    }
+
+    fn put(&self, py: Python<'_>, data: &[u8]) -> PyResult<PyDigest> {
+        let s = &self.inner;
+        py.allow_threads(|| s.put(data)).map(PyDigest).map_err(store_err)
+    }
+
+    fn put_many(&self, py: Python<'_>, blobs: Vec<Bound<'_, PyBytes>>) -> PyResult<Vec<PyDigest>> {
+        let slices: Vec<&[u8]> = blobs.iter().map(|b| b.as_bytes()).collect();
+        let s = &self.inner;
+        let ds = py.allow_threads(|| s.put_many(&slices)).map_err(store_err)?;
+        Ok(ds.into_iter().map(PyDigest).collect())
+    }
+
+    fn put_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<PyDigest> {
+        let s = &self.inner;
+        py.allow_threads(|| s.put_file(&path)).map(PyDigest).map_err(store_err)
+    }
+
+    fn get<'py>(&self, py: Python<'py>, digest: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let list = pyo3::types::PyList::new(py, [digest])?;
+        Ok(self.get_many(py, list.as_any())?.pop().flatten())
+    }
+
+    fn get_many<'py>(&self, py: Python<'py>, digests: &Bound<'py, PyAny>) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+        let wanted = self.to_digests(digests)?;
+        let known: Vec<Digest> = wanted.iter().flatten().copied().collect();
+        let s = &self.inner;
+        let fetched = py.allow_threads(|| s.fetch_many(&known)).map_err(store_err)?;
+        let corrupt: Vec<String> = fetched
+            .iter()
+            .zip(&known)
+            .filter(|(f, _)| matches!(f, Fetched::Corrupt))
+            .map(|(_, d)| d.to_string())
+            .collect();
+        if !corrupt.is_empty() {
+            return Err(PyCorruptBlobError::new_err(format!(
+                "corrupt blob(s) removed from the store: {}",
+                corrupt.join(", ")
+            )));
+        }
+        let mut it = fetched.into_iter();
+        Ok(wanted
+            .iter()
+            .map(|w| match w {
+                None => None,
+                Some(_) => match it.next() {
+                    Some(Fetched::Found(b)) => Some(PyBytes::new(py, &b)),
+                    _ => None,
+                },
+            })
+            .collect())
+    }
+
+    #[pyo3(signature = (digest, dest, executable = false))]
+    fn get_to_file(&self, py: Python<'_>, digest: &Bound<'_, PyAny>, dest: PathBuf, executable: bool) -> PyResult<bool> {
+        let Some(d) = self.to_digest(digest)? else { return Ok(false) };
+        let s = &self.inner;
+        py.allow_threads(|| s.materialize(&d, &dest, executable)).map_err(store_err)
+    }
+
+    fn contains(&self, digest: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match self.to_digest(digest)? {
+            None => Ok(false),
+            Some(d) => Ok(self.inner.contains_many(&[d]).map_err(store_err)?[0]),
+        }
+    }
+
+    fn find_missing(&self, py: Python<'_>, digests: &Bound<'_, PyAny>) -> PyResult<Vec<PyDigest>> {
+        let ds: Vec<Digest> = digests
+            .try_iter()?
+            .map(|o| {
+                let o = o?;
+                match o.downcast::<PyDigest>() {
+                    Ok(d) => Ok(d.get().0),
+                    Err(_) => Digest::parse(&o.extract::<String>()?).map_err(PyValueError::new_err),
+                }
+            })
+            .collect::<PyResult<_>>()?;
+        let s = &self.inner;
+        let present = py.allow_threads(|| s.contains_many(&ds)).map_err(store_err)?;
+        Ok(ds.into_iter().zip(present).filter(|(_, p)| !p).map(|(d, _)| PyDigest(d)).collect())
+    }
+
+    fn action_get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let v = self.inner.action_get(&action_key(key)?).map_err(store_err)?;
+        Ok(v.map(|b| PyBytes::new(py, &b)))
+    }
+
+    fn action_put(&self, key: &str, result: &[u8]) -> PyResult<()> {
+        self.inner.action_put(&action_key(key)?, result).map_err(store_err)
+    }
+
+    fn action_delete(&self, key: &str) -> PyResult<bool> {
+        self.inner.action_delete(&action_key(key)?).map_err(store_err)
+    }
+
+    fn hash_files(&self, py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<Vec<PyDigest>> {
+        let s = &self.inner;
+        let out = py.allow_threads(|| scan::digest_files(s.digest_fn, Some(s), &paths, true)).map_err(scan_err)?;
+        Ok(out.into_iter().map(|fd| PyDigest(fd.digest)).collect())
+    }
+
+    #[pyo3(signature = (root, excludes = Vec::new(), gitignore = true))]
+    fn hash_tree(&self, py: Python<'_>, root: PathBuf, excludes: Vec<String>, gitignore: bool) -> PyResult<PyTree> {
+        tree_impl(py, self.inner.digest_fn, Some(&self.inner), root, excludes, gitignore)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.inner;
+        let st = py.allow_threads(|| s.stats()).map_err(store_err)?;
+        let d = PyDict::new(py);
+        d.set_item("path", self.path())?;
+        d.set_item("digest_function", s.digest_fn.name())?;
+        d.set_item("blobs", st.blobs)?;
+        d.set_item("blob_bytes", st.blob_bytes)?;
+        d.set_item("inline_blobs", st.inline_blobs)?;
+        d.set_item("external_blobs", st.external_blobs)?;
+        d.set_item("action_results", st.action_results)?;
+        d.set_item("stat_entries", st.stat_entries)?;
+        d.set_item("env_bytes", st.env_bytes)?;
+        d.set_item("max_size", self.max_size)?;
+        Ok(d)
+    }
+
+    #[pyo3(signature = (max_size = None))]
+    fn gc<'py>(&self, py: Python<'py>, max_size: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        let cap = match max_size {
+            Some(m) => parse_size(m)?,
+            None => self.max_size.ok_or_else(|| {
+                PyValueError::new_err("gc needs a size cap: pass max_size or open the store with max_size")
+            })?,
+        };
+        let s = &self.inner;
+        let r = py.allow_threads(|| s.gc(cap)).map_err(store_err)?;
+        let d = PyDict::new(py);
+        d.set_item("evicted", r.evicted)?;
+        d.set_item("evicted_bytes", r.evicted_bytes)?;
+        d.set_item("remaining_bytes", r.remaining_bytes)?;
+        d.set_item("orphans_removed", r.orphans_removed)?;
+        Ok(d)
+    }
+
+    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.inner;
+        let r = py.allow_threads(|| s.verify()).map_err(store_err)?;
+        let d = PyDict::new(py);
+        d.set_item("checked", r.checked)?;
+        d.set_item("corrupt", r.corrupt.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+        d.set_item("missing", r.missing.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+        d.set_item("orphans_removed", r.orphans_removed)?;
+        Ok(d)
+    }
+
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        let s = &self.inner;
+        py.allow_threads(|| s.flush_touches()).map_err(store_err)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Store('{}', digest='{}')", self.path(), self.inner.digest_fn.name())
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("StoreError", m.py().get_type::<PyStoreError>())?;
+    m.add("CorruptBlobError", m.py().get_type::<PyCorruptBlobError>())?;
+    m.add_class::<PyDigest>()?;
+    m.add_class::<PyTree>()?;
+    m.add_class::<PyTreeEntry>()?;
+    m.add_class::<PyStore>()?;
+    m.add_function(wrap_pyfunction!(hash_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_file, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_files, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_size, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
