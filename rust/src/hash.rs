@@ -110,7 +110,7 @@ pub fn hash_path(f: DigestFn, path: &Path) -> io::Result<Digest> {
     let mut file = File::open(path)?;
     let meta = file.metadata()?;
     if meta.is_dir() {
-        return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+        return Err(io::Error::from_raw_os_error(21 /* EISDIR */));
     }
     let len = meta.len();
     if len >= MMAP_THRESHOLD {

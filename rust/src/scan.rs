@@ -50,7 +50,7 @@ pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follo
         .map(|p| {
             let m = if follow { fs::metadata(p) } else { fs::symlink_metadata(p) };
             match m {
-                Ok(m) if m.is_dir() => Err(ScanError::Io(p.clone(), std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"))),
+                Ok(m) if m.is_dir() => Err(ScanError::Io(p.clone(), std::io::Error::from_raw_os_error(21 /* EISDIR */))),
                 Ok(m) => Ok(m),
                 Err(e) => Err(ScanError::Io(p.clone(), e)),
             }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
@@ -19,7 +20,7 @@ class CioptUsageError(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821 - string annotation, typing import avoided on the hot path
+def fail(message: str) -> NoReturn:
     raise CioptUsageError(message)
 
 
@@ -32,7 +33,8 @@ def _describe_os_error(err: OSError) -> str:
 def run_guarded(command: click.Command, argv: list[str]) -> int:
     """Runs a click command; known errors become `ciopt: error: ...` on stderr."""
     try:
-        command.main(args=argv, prog_name="ciopt", standalone_mode=False)
+        # Without standalone mode click returns the code of a click.exceptions.Exit.
+        rv = command.main(args=argv, prog_name="ciopt", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("ciopt: interrupted", err=True)
         return 130
@@ -46,15 +48,16 @@ def run_guarded(command: click.Command, argv: list[str]) -> int:
     except StoreError as e:
         click.echo(f"ciopt: error: {e}", err=True)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # `ciopt hash ... | head` is normal use, not an error.
+        return EXIT_OK
     except OSError as e:
         click.echo(f"ciopt: error: {_describe_os_error(e)}", err=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         click.echo("ciopt: interrupted", err=True)
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
-    return EXIT_OK
+    return rv if isinstance(rv, int) else EXIT_OK
 
 
 def exit_with(code: int) -> None:

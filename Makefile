@@ -1,0 +1,52 @@
+# ciopt: two commands on a fresh machine.
+#   make demo   create .venv, build the Rust extension (release), build and test examples/ twice
+#   make test   the whole suite: pytest and cargo test
+#   make bench  benches/, each against its named peer, printed as ratios
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CIOPT  := $(VENV)/bin/ciopt
+RUST_SOURCES := Cargo.toml Cargo.lock $(wildcard rust/src/*.rs)
+PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich
+
+.PHONY: demo test test-python test-rust bench develop clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.deps: pyproject.toml | $(PY)
+	$(PY) -m pip install -q maturin $(PY_DEPS)
+	touch $@
+
+# Rebuilt whenever a Rust source changes; the stamp keeps no-op `make test` fast.
+$(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES) pyproject.toml
+	$(PY) -m maturin develop --release -q
+	touch $@
+
+develop: $(VENV)/.built
+
+test: develop test-python test-rust
+
+test-python: develop
+	$(PY) -m pytest -q
+
+# pyo3 links against the venv's interpreter when the extension-module feature is off.
+test-rust: develop
+	PYO3_PYTHON=$(abspath $(PY)) cargo test -q
+
+bench: develop
+	$(PY) -m pip install -q lmdb psutil
+	$(PY) benches/hash_bench.py
+
+demo: develop
+	@rm -rf .ciopt-demo
+	@echo "== first run: every file of examples/ is read, hashed and stored"
+	CIOPT_CACHE_DIR=.ciopt-demo $(CIOPT) cache ingest examples
+	@echo "== second run, nothing changed: the stat cache and the store skip all of it"
+	CIOPT_CACHE_DIR=.ciopt-demo $(CIOPT) cache ingest examples
+	CIOPT_CACHE_DIR=.ciopt-demo $(CIOPT) cache stats
+
+clean:
+	rm -rf target $(VENV) .ciopt-demo python/ciopt/*.so
