@@ -128,6 +128,3 @@ class Store:
         """Re-hash every blob; corrupt or missing ones are reported and removed."""
     def sync(self) -> None:
         """Flush pending access-time updates (also done by gc/stats and when the store is dropped)."""
-
-def parse_size(text: int | str) -> int:
-    """'20GiB', '500MB', '1024' -> bytes. ValueError naming the text otherwise."""

@@ -3,7 +3,6 @@
 
 pub mod hash;
 pub mod scan;
-pub mod size;
 pub mod stat_cache;
 pub mod store;
 pub mod tree;
@@ -185,13 +184,12 @@ fn hash_tree(py: Python<'_>, root: PathBuf, digest: &str, excludes: Vec<String>,
     tree_impl(py, digest_fn(digest)?, None, root, excludes, gitignore)
 }
 
-#[pyfunction]
+/// Sizes such as "20GiB" are parsed by `ciopt.size`, the one parser config and CLI share.
 fn parse_size(text: &Bound<'_, PyAny>) -> PyResult<u64> {
     if let Ok(n) = text.extract::<u64>() {
         return Ok(n);
     }
-    let s: String = text.extract()?;
-    size::parse_size(&s).map_err(PyValueError::new_err)
+    text.py().import("ciopt.size")?.getattr("parse_size")?.call1((text,))?.extract()
 }
 
 #[pyclass(name = "Store", module = "ciopt._native", frozen)]
@@ -419,7 +417,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_file, m)?)?;
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(hash_tree, m)?)?;
-    m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -12,9 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::hash::Digest;
 
-/// Generous on purpose: kernels stamp files from a coarse clock, and some filesystems
-/// (FAT, some network mounts) only keep 1-2 s of resolution.
-pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+/// For filesystems with sub-second timestamps. Linux stamps files from a coarse clock that
+/// lags the wall clock by up to one tick (1-10 ms); 100 ms leaves a wide margin.
+pub const RACY_WINDOW_NS: i64 = 100_000_000;
+/// For filesystems that keep whole seconds only (FAT keeps two): both nanosecond fields
+/// are zero there, and an edit within the same second leaves every stat field unchanged.
+pub const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
 
 const ENCODED_LEN: usize = 8 * 7 + 4 + 32;
 
@@ -53,8 +56,9 @@ impl StatEntry {
     pub fn fresh_digest(&self, meta: &Metadata) -> Option<Digest> {
         let now = StatEntry::new(meta, &Digest { hash: self.hash, size: 0 }, self.hashed_at_ns);
         let same = now == *self;
-        let settled = self.mtime_ns + RACY_WINDOW_NS < self.hashed_at_ns
-            && self.ctime_ns + RACY_WINDOW_NS < self.hashed_at_ns;
+        let coarse = self.mtime_ns % 1_000_000_000 == 0 && self.ctime_ns % 1_000_000_000 == 0;
+        let window = if coarse { COARSE_RACY_WINDOW_NS } else { RACY_WINDOW_NS };
+        let settled = self.mtime_ns + window < self.hashed_at_ns && self.ctime_ns + window < self.hashed_at_ns;
         (same && settled).then_some(Digest { hash: self.hash, size: self.size })
     }
 
@@ -108,10 +112,16 @@ mod tests {
         assert_eq!(StatEntry::decode(&fresh.encode()), Some(fresh.clone()));
         // Hashed just now: racily clean, must not be trusted.
         assert_eq!(fresh.fresh_digest(&meta), None);
-        let settled = StatEntry { hashed_at_ns: now_ns() + 3 * RACY_WINDOW_NS, ..fresh };
+        let settled = StatEntry { hashed_at_ns: now_ns() + 3 * COARSE_RACY_WINDOW_NS, ..fresh };
         assert_eq!(settled.fresh_digest(&meta), Some(d));
         let other_size = StatEntry { size: 6, ..settled };
         assert_eq!(other_size.fresh_digest(&meta), None);
         assert_eq!(StatEntry::decode(b"short"), None);
+        // A whole-second filesystem: 1 s after the stamp is still within the coarse window.
+        let t = 1_700_000_000 * 1_000_000_000;
+        let coarse = StatEntry { mtime_ns: t, ctime_ns: t, hashed_at_ns: t + 1_000_000_000, ..settled.clone() };
+        assert!(coarse.mtime_ns + COARSE_RACY_WINDOW_NS >= coarse.hashed_at_ns);
+        let fine = StatEntry { mtime_ns: t + 5, ctime_ns: t + 5, ..coarse.clone() };
+        assert!(fine.mtime_ns + RACY_WINDOW_NS < fine.hashed_at_ns);
     }
 }

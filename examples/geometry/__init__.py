@@ -1,0 +1,3 @@
+from geometry.shapes import Circle, Rectangle
+
+__all__ = ["Circle", "Rectangle"]
