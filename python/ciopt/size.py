@@ -25,6 +25,7 @@ _UNITS: dict[str, int] = {
 }
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
 _BINARY = ("TiB", "GiB", "MiB", "KiB")
+_DECIMAL = ("TB", "GB", "MB", "KB")
 
 
 def parse_size(text: str | int) -> int:
@@ -51,13 +52,17 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(n: int) -> str:
-    """`n` bytes in the largest binary unit: 21474836480 -> "20GiB", 1536 -> "1.5KiB"."""
+    """`n` bytes for people: exact when a unit divides it ("20GiB", "500MB"), else "1.5KiB"."""
     if n < 0:
         return "-" + format_size(-n)
+    # Exact first, so `config show` prints back what the user wrote.
+    for units in (_BINARY, _DECIMAL):
+        for unit in units:
+            factor = _UNITS[unit.lower()]
+            if n >= factor and n % factor == 0:
+                return f"{n // factor}{unit}"
     for unit in _BINARY:
         factor = _UNITS[unit.lower()]
         if n >= factor:
-            if n % factor == 0:
-                return f"{n // factor}{unit}"
             return f"{n / factor:.1f}{unit}"
     return f"{n}B"
