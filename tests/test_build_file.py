@@ -371,3 +371,10 @@ def test_default_display_path_is_the_path(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BuildFileError, match="cannot read BUILD file"):
         evaluate_build_file(tmp_path / "BUILD", "")
+
+
+def test_print_goes_to_stderr_with_its_location(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    build(tmp_path, "pr", 'x = 1\nprint("value", x, sep = "=")\n')
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "DEBUG: pr/BUILD:2:1: value=1\n"

@@ -12,7 +12,7 @@ def _segment(alphabet: str) -> st.SearchStrategy[str]:
     return st.text(alphabet=alphabet, min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
 
 
-packages = st.lists(_segment(PACKAGE_SEGMENT_CHARS), max_size=4).map("/".join)
+packages = st.lists(_segment(PACKAGE_SEGMENT_CHARS).filter(lambda s: s != "..."), max_size=4).map("/".join)
 names = st.lists(_segment(NAME_SEGMENT_CHARS), min_size=1, max_size=3).map("/".join)
 labels = st.builds(Label, packages, names)
 
@@ -70,6 +70,7 @@ def test_spellings_of_one_target_are_equal_and_print_the_same() -> None:
         ("//a b:c", "contains ' '"),
         ("//a:b c", "contains ' '"),
         ("//a:x/../y", "'..' segment"),
+        ("//a/.../b:c", "'...' segment"),
         ("//a:x//y", "empty path segment"),
         ("//a:/x", "empty path segment"),
         ("@repo//a:b", "external repositories"),

@@ -10,7 +10,7 @@ def _segment(alphabet: str) -> st.SearchStrategy[str]:
     return st.text(alphabet=alphabet, min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
 
 
-packages = st.lists(_segment("abcXYZ019-._@"), max_size=4).map("/".join)
+packages = st.lists(_segment("abcXYZ019-._@").filter(lambda s: s != "..."), max_size=4).map("/".join)
 names = st.lists(_segment("abcXYZ019!%-@^_#$&()*+,;<=>?[]{|}~."), min_size=1, max_size=3).map("/".join)
 # A target literally named `all` or `*` is shadowed by the wildcard (as in
 # Bazel), so single-target round trips leave those names out.

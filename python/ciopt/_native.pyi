@@ -63,6 +63,9 @@ def hash_tree(
 ) -> Tree:
     """Walk `root` (honoring .gitignore unless gitignore=False; `excludes` are gitignore-style globs)."""
 
+def tree_digest(entries: Sequence[tuple[str, Digest, bool]], digest: DigestFunction = "blake3") -> Digest:
+    """Merkle root of explicit (relative path, Digest, is_executable) entries; same encoding as hash_tree."""
+
 class StoreStats(TypedDict):
     path: str
     digest_function: str
