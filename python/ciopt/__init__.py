@@ -16,6 +16,7 @@ from ciopt._native import (
     hash_file,
     hash_files,
     hash_tree,
+    tree_digest,
 )
 
 __all__ = [
@@ -30,4 +31,15 @@ __all__ = [
     "hash_file",
     "hash_files",
     "hash_tree",
+    "tree_digest",
+    "Workspace",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: the build graph pulls in the Starlark interpreter, which `ciopt hash` never needs.
+    if name == "Workspace":
+        from ciopt.workspace import Workspace
+
+        return Workspace
+    raise AttributeError(f"module 'ciopt' has no attribute {name!r}")

@@ -17,6 +17,8 @@ file is reported as a warning and defaults are used instead of failing.
 
 from __future__ import annotations
 
+from ciopt.errors import UserError
+
 import difflib
 import os
 from collections.abc import Callable, Mapping
@@ -43,13 +45,14 @@ __all__ = [
     "RemoteExecutionConfig",
     "SelectionConfig",
     "load_config",
+    "validate_file",
 ]
 
 CONFIG_RELPATH = Path("config/ci-optimization.yaml")
 SOURCE_DEFAULT = "default"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A configuration problem, located as precisely as the input allows."""
 
     def __init__(
@@ -149,7 +152,7 @@ class Config:
     bypass: bool = False
     bypass_reason: str | None = None
     # Where each dotted key's value came from: "default",
-    # "config/ci-optimization.yaml:LINE" or "env NAME".
+    # "config/ci-optimization.yaml:LINE", "env NAME" or "derived from KEY".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     file: Path | None = field(default=None, compare=False)  # the file read, if any
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -410,6 +413,14 @@ class _Read:
     values: dict[str, object] = field(default_factory=dict)
     key_nodes: dict[str, yaml.Node] = field(default_factory=dict)  # for `sources` lines
     value_nodes: dict[str, yaml.Node] = field(default_factory=dict)  # for cross-key errors
+    # None: stop at the first problem (loading). A list: collect every problem
+    # and carry on past it (`ciopt config validate` reports them all at once).
+    errors: list[ConfigError] | None = None
+
+    def problem(self, error: ConfigError) -> None:
+        if self.errors is None:
+            raise error
+        self.errors.append(error)
 
 
 def _error_at(display: str, node: yaml.Node, message: str, key: str | None) -> ConfigError:
@@ -422,24 +433,28 @@ def _walk(node: yaml.Node, prefix: str, display: str, read: _Read) -> None:
         return  # `cache:` with nothing under it: all defaults
     if not isinstance(node, yaml.MappingNode):
         where = prefix or "top level"
-        raise _error_at(display, node, f"{where}: expected a mapping, got {_got(node)}", prefix or None)
+        read.problem(_error_at(display, node, f"{where}: expected a mapping, got {_got(node)}", prefix or None))
+        return
     seen: dict[str, int] = {}
     for knode, vnode in node.value:
         if not isinstance(knode, yaml.ScalarNode) or knode.tag != _STR:
-            raise _error_at(display, knode, f"keys must be names, got {_got(knode)}", prefix or None)
+            read.problem(_error_at(display, knode, f"keys must be names, got {_got(knode)}", prefix or None))
+            continue
         key = knode.value
         dotted = f"{prefix}.{key}" if prefix else key
         if key in seen:
             # YAML loaders keep the last value silently; a repeated key is
             # almost always an edit that did not do what its author thought.
             message = f"duplicate key '{dotted}' (first at line {seen[key]})"
-            raise _error_at(display, knode, message, dotted)
+            read.problem(_error_at(display, knode, message, dotted))
+            continue
         seen[key] = knode.start_mark.line + 1
         if dotted in _SCHEMA:
             try:
                 read.values[dotted] = _SCHEMA[dotted].parse(vnode)
             except _Invalid as e:
-                raise _error_at(display, e.node, f"{dotted}: {e.message}", dotted) from None
+                read.problem(_error_at(display, e.node, f"{dotted}: {e.message}", dotted))
+                continue
             read.key_nodes[dotted] = knode
             read.value_nodes[dotted] = vnode
         elif dotted in _SECTIONS:
@@ -447,7 +462,7 @@ def _walk(node: yaml.Node, prefix: str, display: str, read: _Read) -> None:
         else:
             suggestion = _suggest(prefix, key)
             hint = f" (did you mean '{suggestion}'?)" if suggestion else ""
-            raise _error_at(display, knode, f"unknown key '{dotted}'{hint}", dotted)
+            read.problem(_error_at(display, knode, f"unknown key '{dotted}'{hint}", dotted))
 
 
 def _check_together(read: _Read, display: str) -> None:
@@ -465,23 +480,36 @@ def _check_together(read: _Read, display: str) -> None:
         return _error_at(display, node, f"{key}: {message}", key)
 
     if get("remote_execution.enabled") and get("remote_execution.scheduler") is None:
-        raise fail(("remote_execution.enabled",), "true needs remote_execution.scheduler (tcp://HOST:PORT)")
+        read.problem(fail(("remote_execution.enabled",), "true needs remote_execution.scheduler (tcp://HOST:PORT)"))
     beat, timeout = get("remote_execution.heartbeat_s"), get("remote_execution.heartbeat_timeout_s")
     if not timeout > beat:
-        raise fail(
+        read.problem(fail(
             ("remote_execution.heartbeat_timeout_s", "remote_execution.heartbeat_s"),
             f"heartbeat_timeout_s ({timeout:g}) must be greater than heartbeat_s ({beat:g})",
-        )
+        ))
     backend, url = get("cache.remote.backend"), get("cache.remote.url")
     if backend is not None and url is not None and _backend_of(url) != backend:
-        raise fail(("cache.remote.url",), f"a {backend} backend needs a {backend} URL, got {url!r}")
+        read.problem(fail(("cache.remote.url",), f"a {backend} backend needs a {backend} URL, got {url!r}"))
 
 
 def _backend_of(url: str) -> str:
     return "redis" if url.startswith(("redis://", "rediss://")) else "http"
 
 
-def _read_file(path: Path, display: str) -> _Read:
+def _read_file(path: Path, display: str, *, collect: bool = False) -> _Read:
+    """Reads and checks one file. Raises the first ConfigError, or with
+    `collect` returns every problem in `errors` (a YAML syntax error is one)."""
+    read = _Read(errors=[] if collect else None)
+    try:
+        return _parse_into(read, path, display)
+    except ConfigError as e:
+        if read.errors is None:
+            raise
+        read.errors.append(e)
+        return read
+
+
+def _parse_into(read: _Read, path: Path, display: str) -> _Read:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -500,11 +528,25 @@ def _read_file(path: Path, display: str) -> _Read:
         ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", file=display) from None
-    read = _Read()
     if root is not None:  # an empty file is a valid "all defaults"
         _walk(root, "", display, read)
-        _check_together(read, display)
+        # With a key already wrong its default stands in, and a cross-key rule
+        # would then report a problem the user did not write.
+        if not read.errors:
+            _check_together(read, display)
     return read
+
+
+def validate_file(path: Path, display: str | None = None) -> list[ConfigError]:
+    """Every problem in the configuration file at `path`, in file order; [] = valid.
+
+    Unlike `load_config` this neither stops at the first problem nor looks at
+    the environment (`CIOPT_DISABLE` does not excuse a broken file here).
+    `display` is the name used in messages (default: `path` as given).
+    """
+    read = _read_file(Path(path), str(path) if display is None else display, collect=True)
+    assert read.errors is not None
+    return sorted(read.errors, key=lambda e: (e.line or 0, e.column or 0))
 
 
 # ----------------------------------------------------------------------------
@@ -597,6 +639,8 @@ def load_config(workspace_root: Path, env: Mapping[str, str] = os.environ) -> Co
     backend = values["cache.remote.backend"]
     if backend is None and url is not None:
         backend = _backend_of(url)
+        # `config show` must not claim a default for a value nobody defaulted.
+        sources["cache.remote.backend"] = "derived from cache.remote.url"
 
     reasons = []
     if env_bypass:

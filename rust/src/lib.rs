@@ -178,6 +178,22 @@ fn hash_files(py: Python<'_>, paths: Vec<PathBuf>, digest: &str) -> PyResult<Vec
     Ok(out.into_iter().map(|fd| PyDigest(fd.digest)).collect())
 }
 
+/// The Merkle root of an explicit set of files (an action's input set), with the
+/// same encoding as hash_tree so the two are interchangeable.
+#[pyfunction]
+#[pyo3(signature = (entries, digest = "blake3"))]
+fn tree_digest(entries: Vec<(String, PyRef<'_, PyDigest>, bool)>, digest: &str) -> PyResult<PyDigest> {
+    let f = digest_fn(digest)?;
+    let mut leaves = Vec::with_capacity(entries.len());
+    for (rel, d, exec) in entries {
+        if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(PyValueError::new_err(format!("invalid tree path '{rel}': must be relative and normalized")));
+        }
+        leaves.push(Leaf { rel, digest: d.0, kind: if exec { NodeKind::Executable } else { NodeKind::File } });
+    }
+    Ok(PyDigest(tree::merkle_root(f, &leaves, &[])))
+}
+
 #[pyfunction]
 #[pyo3(signature = (root, digest = "blake3", excludes = Vec::new(), gitignore = true))]
 fn hash_tree(py: Python<'_>, root: PathBuf, digest: &str, excludes: Vec<String>, gitignore: bool) -> PyResult<PyTree> {
@@ -417,6 +433,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_file, m)?)?;
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(hash_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(tree_digest, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

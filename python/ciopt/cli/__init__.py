@@ -31,11 +31,13 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so `ciopt --help` lists every command without a cycle at import time.
+    from ciopt.cli.build import build, query, test
     from ciopt.cli.cache import cache
+    from ciopt.cli.config import config
     from ciopt.cli.hash import hash_command
 
-    cli.add_command(hash_command)
-    cli.add_command(cache)
+    for command in (build, test, query, hash_command, cache, config):
+        cli.add_command(command)
 
 
 _register()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
 import click
 
 from ciopt import StoreError
+from ciopt.errors import UserError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -45,6 +47,9 @@ def run_guarded(command: click.Command, argv: list[str]) -> int:
             click.echo(e.ctx.get_usage(), err=True)
         click.echo(f"ciopt: error: {e.format_message()}", err=True)
         return e.exit_code
+    except UserError as e:
+        click.echo(f"ciopt: error: {e}", err=True)
+        return EXIT_USAGE
     except StoreError as e:
         click.echo(f"ciopt: error: {e}", err=True)
         return EXIT_USAGE
@@ -57,6 +62,11 @@ def run_guarded(command: click.Command, argv: list[str]) -> int:
     except KeyboardInterrupt:
         click.echo("ciopt: interrupted", err=True)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug still gets one readable line, not a traceback
+        if os.environ.get("CIOPT_DEBUG"):
+            raise
+        click.echo(f"ciopt: internal error: {type(e).__name__}: {e} (set CIOPT_DEBUG=1 for the traceback)", err=True)
+        return EXIT_FAILURE
     return rv if isinstance(rv, int) else EXIT_OK
 
 

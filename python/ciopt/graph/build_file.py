@@ -23,6 +23,8 @@ clean values and never needs the source again.
 
 from __future__ import annotations
 
+from ciopt.errors import UserError
+
 import difflib
 import functools
 import os
@@ -75,7 +77,7 @@ class TargetDecl:
     location: Location
 
 
-class BuildFileError(Exception):
+class BuildFileError(UserError):
     """A BUILD file problem; `str()` is `path:line:column: message`."""
 
     def __init__(self, message: str, path: str, line: int | None = None, column: int | None = None) -> None:

@@ -1,0 +1,148 @@
+"""`ciopt build`, `ciopt test` and `ciopt query`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ciopt.cli.errors import exit_with
+from ciopt.cli.output import emit_json, output_option
+
+
+def _common(f):
+    f = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                     help="Actions run in parallel (default: execution.jobs, else one per CPU).")(f)
+    f = click.option("--progress/--no-progress", default=None,
+                     help="Live progress display (default: on when stderr is a terminal).")(f)
+    return output_option(f)
+
+
+def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None,
+         output: str, flaky_attempts: int | None = None, junit: Path | None = None) -> None:
+    from ciopt.cli.progress import Progress
+    from ciopt.workspace import Workspace
+
+    ws = Workspace(Path.cwd())
+    for w in ws.config.warnings:
+        click.echo(f"ciopt: warning: {w}", err=True)
+    if ws.bypass:
+        click.echo(f"ciopt: EMERGENCY BYPASS ({ws.config.bypass_reason}): no cache is read or written, "
+                   "everything runs plainly", err=True)
+    show = progress if progress is not None else (sys.stderr.isatty() and output != "json")
+    bar = Progress(enabled=show)
+
+    def loaded(graph, actions, wanted) -> None:
+        bar.start(len(actions.actions))
+
+    try:
+        result = ws._run(command, list(patterns), jobs=jobs, keep_going=keep_going, flaky_attempts=flaky_attempts,
+                         listener=bar.event, on_loaded=loaded)
+    finally:
+        bar.stop()
+    if junit is not None:
+        from ciopt.exec.junit import write_junit
+
+        write_junit(junit, result.tests, result.outcomes, result.finished_at - result.started_at)
+    if output == "json":
+        emit_json(result.to_json())
+    _summary(result, show_failures=not show)
+    exit_with(result.exit_code)
+
+
+def _summary(result, show_failures: bool) -> None:
+    from ciopt.workspace import log_tail
+
+    err = sys.stderr
+    if show_failures:
+        for o in result.failed:
+            err.write(f"FAILED {o.label}: {o.message}\n")
+    for o in result.failed:
+        tail = log_tail(o.log, 15)
+        if tail:
+            err.write(f"---- {o.label} (last lines of {o.log})\n{tail}\n----\n")
+    c = result.counts()
+    elapsed = result.finished_at - result.started_at
+    err.write(f"{'FAILED' if result.exit_code else 'OK'}: {c['actions']} actions: {c['executed']} executed, "
+              f"{c['cached_local']} cached, {c['failed']} failed, {c['skipped']} skipped "
+              f"in {elapsed:.2f}s (loading {result.loading_s:.2f}s)\n")
+    if result.command == "test":
+        t = result.test_counts()
+        err.write(f"tests: {len(result.tests)} total, {t['passed']} passed ({t['cached']} cached), "
+                  f"{t['flaky']} flaky, {t['failed']} failed, {t['timeout']} timed out, {t['not_run']} not run\n")
+        for label in result.tests:
+            o = result.outcomes.get(label)
+            if o is not None and o.test_outcome == "flaky":
+                err.write(f"FLAKY {label}: passed on attempt {o.attempts}\n")
+    if result.bypass:
+        err.write("note: emergency bypass was on: nothing was cached\n")
+
+
+@click.command()
+@click.argument("patterns", nargs=-1, required=True)
+@_common
+@click.option("-k", "--keep-going", is_flag=True, help="Keep building what does not depend on a failure.")
+def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None, output: str) -> None:
+    """Build targets: //pkg:name, //pkg/..., //pkg:all, or :name relative to the current directory.
+
+    Each action runs in a fresh directory holding only its declared inputs; results are
+    cached by content, so an unchanged action never runs twice. Outputs land in ciopt-out/.
+
+    \b
+    Examples:
+      ciopt build //...
+      ciopt build //app:bundle -j 8 --keep-going
+      ciopt build //... -o json | jq '.summary'
+    Exit: 0 success, 1 an action failed, 2 bad BUILD file, pattern or configuration.
+    """
+    _run("build", patterns, jobs, keep_going, progress, output)
+
+
+@click.command()
+@click.argument("patterns", nargs=-1, required=True)
+@_common
+@click.option("--flaky-attempts", type=click.IntRange(min=1), default=None,
+              help="Run a failing test up to N times; a later pass is reported FLAKY (and not cached).")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a JUnit XML report to this file.")
+def test(patterns: tuple[str, ...], jobs: int | None, progress: bool | None, output: str,
+         flaky_attempts: int | None, junit: Path | None) -> None:
+    """Run test targets (py_test, sh_test, test_suite) matched by the patterns.
+
+    A test that passed with exactly the same inputs is not run again: its cached result
+    (and log, under ciopt-out/testlogs/) is reused. One failing test never stops the others;
+    a failing build action skips only the tests that depend on it.
+
+    \b
+    Examples:
+      ciopt test //...
+      ciopt test //api/... --flaky-attempts 3 --junit reports/junit.xml
+    Exit: 0 all passed, 1 a test failed, 2 bad input.
+    """
+    _run("test", patterns, jobs, True, progress, output, flaky_attempts, junit)
+
+
+@click.command()
+@click.argument("expression")
+@output_option
+def query(expression: str, output: str) -> None:
+    """Query the target graph; prints one label per line.
+
+    \b
+    EXPRESSION:
+      //pkg/...                   targets matching a pattern
+      deps(X)                     X and everything it depends on
+      rdeps(//..., X)             targets in the universe that depend on X
+      kind(py_test, X)            targets of a rule kind (a regex)
+      tests(X)                    test targets in X, test_suites expanded
+      X + Y, X - Y                union and difference
+    """
+    from ciopt.workspace import Workspace
+
+    labels = Workspace(Path.cwd()).query(expression, Path.cwd())
+    if output == "json":
+        emit_json({"query": expression, "labels": [str(l) for l in labels]})
+    else:
+        sys.stdout.write("".join(f"{l}\n" for l in labels))

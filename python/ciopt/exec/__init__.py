@@ -1,0 +1,1 @@
+"""Running actions: sandboxes, the local executor, tests, and the engine that schedules them."""

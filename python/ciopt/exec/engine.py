@@ -1,0 +1,360 @@
+"""The engine: walks the action graph in dependency order, longest chain first, and for each
+action either reuses a cached result or runs it, then materializes outputs under ciopt-out/.
+
+An action's key can only be computed once its inputs are known, and generated inputs are
+known only when their producer has finished (or hit the cache), so keys are computed as the
+walk reaches each action, as in Bazel's Skyframe.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ciopt import CorruptBlobError, Digest, Store, hash_file, tree_digest
+from ciopt.exec.action_result import ActionResult, OutputFile
+from ciopt.exec.local import kill_all, run_command
+from ciopt.exec.sandbox import OutputError, Sandbox
+from ciopt.graph.action_graph import BASE_PATH, Action, ActionGraph, action_key
+from ciopt.graph.label import Label
+from ciopt.graph.target_graph import SourceTree
+
+OUT_DIR = "ciopt-out"
+LOG_TAIL_LINES = 40
+
+
+@dataclass
+class ActionOutcome:
+    label: Label
+    mnemonic: str
+    status: str  # executed | cached_local | failed | skipped
+    key: str | None = None
+    executor: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    exit_code: int | None = None
+    test_outcome: str | None = None  # passed | failed | flaky | timeout, tests only
+    attempts: int = 0
+    message: str = ""  # why it failed or was skipped
+    log: Path | None = None  # test log / failure log under ciopt-out
+    outputs: dict[str, OutputFile] = field(default_factory=dict)
+    input_files: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+
+Listener = Callable[[str, Label, "ActionOutcome | None"], None]
+
+
+@dataclass
+class EngineOptions:
+    jobs: int
+    keep_going: bool = False
+    flaky_attempts: int = 1
+    digest: str = "blake3"
+
+
+class Engine:
+    def __init__(self, root: Path, actions: ActionGraph, sources: SourceTree, store: Store | None,
+                 toolchain: str, options: EngineOptions, listener: Listener | None = None) -> None:
+        self.root = root
+        self.ag = actions
+        self.sources = sources
+        self.store = store  # None: emergency bypass, no cache read or written
+        self.toolchain = toolchain
+        self.opts = options
+        self.listener = listener or (lambda *_: None)
+        self.out_root = root / OUT_DIR
+        self.sandbox_base = self.out_root / ".sandbox"
+        self.outcomes: dict[Label, ActionOutcome] = {}
+        self.executor_id = f"local:{socket.gethostname()}"
+        self._stop = threading.Event()
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def run(self, wanted: list[Label]) -> dict[Label, ActionOutcome]:
+        needed = self._needed(wanted)
+        priority = self.ag.critical_path_lengths()
+        waiting = {l: set(self.ag.actions[l].deps) & needed for l in needed}
+        dependents: dict[Label, list[Label]] = {l: [] for l in needed}
+        for l in needed:
+            for d in waiting[l]:
+                dependents[d].append(l)
+        ready: list[tuple[int, Label]] = [(-priority[l], l) for l in needed if not waiting[l]]
+        heapq.heapify(ready)
+        running: dict[Future[ActionOutcome], Label] = {}
+        failed_any = False
+
+        def finish(label: Label, outcome: ActionOutcome) -> None:
+            nonlocal failed_any
+            self.outcomes[label] = outcome
+            self.listener("finish", label, outcome)
+            if outcome.status in ("failed", "skipped"):
+                failed_any = True
+                self._skip_dependents(label, dependents)
+                return
+            for d in dependents[label]:
+                waiting[d].discard(label)
+                if not waiting[d] and d not in self.outcomes:
+                    heapq.heappush(ready, (-priority[d], d))
+
+        pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs), thread_name_prefix="ciopt-action")
+        try:
+            while ready or running:
+                while ready and len(running) < self.opts.jobs and not (failed_any and not self.opts.keep_going):
+                    _, label = heapq.heappop(ready)
+                    if label in self.outcomes:
+                        continue
+                    self.listener("start", label, None)
+                    running[pool.submit(self._run_one, self.ag.actions[label])] = label
+                if not running:
+                    break
+                done, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    label = running.pop(fut)
+                    finish(label, fut.result())
+        except KeyboardInterrupt:
+            self._stop.set()
+            kill_all()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        for label in needed:
+            if label not in self.outcomes:
+                a = self.ag.actions[label]
+                self.outcomes[label] = ActionOutcome(label, a.mnemonic, "skipped",
+                                                     message="not started: an earlier action failed")
+        return self.outcomes
+
+    def _needed(self, wanted: list[Label]) -> set[Label]:
+        needed: set[Label] = set()
+        todo = [l for l in wanted if l in self.ag.actions]
+        # Wanted targets without an action (libraries, filegroups) still need their generated files.
+        for l in wanted:
+            if l not in self.ag.actions:
+                todo.extend(self.ag.producers[p] for p in self.ag._runfiles(l) if p in self.ag.producers)
+        while todo:
+            l = todo.pop()
+            if l not in needed:
+                needed.add(l)
+                todo.extend(self.ag.actions[l].deps)
+        return needed
+
+    def _skip_dependents(self, failed: Label, dependents: dict[Label, list[Label]]) -> None:
+        todo = list(dependents[failed])
+        while todo:
+            l = todo.pop()
+            if l in self.outcomes:
+                continue
+            a = self.ag.actions[l]
+            self.outcomes[l] = ActionOutcome(l, a.mnemonic, "skipped", message=f"dependency {failed} failed")
+            self.listener("finish", l, self.outcomes[l])
+            todo.extend(dependents[l])
+
+    # -- one action ---------------------------------------------------------------
+
+    def _inputs(self, action: Action) -> list[tuple[str, Digest, bool]]:
+        out = []
+        for path in action.inputs:
+            producer = self.ag.producers.get(path)
+            if producer is not None and producer != action.label:
+                o = self.outcomes[producer].outputs[path]
+                out.append((path, o.digest, o.is_executable))
+            else:
+                out.append((path, self.sources.digests[path], path in self.sources.executable))
+        return out
+
+    def _run_one(self, action: Action) -> ActionOutcome:
+        started = time.time()
+        outcome = ActionOutcome(action.label, action.mnemonic, "failed", started_at=started)
+        try:
+            inputs = self._inputs(action)
+            outcome.input_files = len(inputs)
+            outcome.input_bytes = sum(d.size for _, d, _ in inputs)
+            tree = tree_digest(inputs, self.opts.digest)
+            outcome.key = action_key(action, tree, self.toolchain, self.opts.digest)
+            if self.store is not None and self._try_cache(action, outcome):
+                return outcome
+            self._execute(action, inputs, outcome)
+        except Exception as e:  # noqa: BLE001 - one broken action must not take the build down
+            outcome.status = "failed"
+            outcome.message = f"internal error: {type(e).__name__}: {e}"
+        outcome.finished_at = outcome.finished_at or time.time()
+        return outcome
+
+    def _try_cache(self, action: Action, outcome: ActionOutcome) -> bool:
+        assert self.store is not None and outcome.key is not None
+        raw = self.store.action_get(outcome.key)
+        result = ActionResult.decode(raw) if raw else None
+        if result is None:
+            return False
+        if self.store.find_missing([o.digest for o in result.outputs]):
+            return False  # outputs evicted by gc: run again
+        try:
+            for o in result.outputs:
+                self._materialize_cached(o)
+            log = self._materialize_log(action, result) if action.is_test else None
+        except CorruptBlobError:
+            return False
+        outcome.status = "cached_local"
+        outcome.executor = result.executor
+        outcome.exit_code = result.exit_code
+        outcome.outputs = {o.path: o for o in result.outputs}
+        outcome.output_bytes = sum(o.digest.size for o in result.outputs)
+        outcome.test_outcome = result.test_outcome
+        outcome.attempts = 0
+        outcome.log = log
+        outcome.finished_at = time.time()
+        return True
+
+    def _materialize_cached(self, o: OutputFile) -> None:
+        assert self.store is not None
+        dest = self.out_root / o.path
+        # An output already in place (the usual no-op build) is checked through the StatCache.
+        if dest.is_file() and not dest.is_symlink() and self.store.hash_files([dest])[0] == o.digest \
+                and bool(os.stat(dest).st_mode & 0o100) == o.is_executable:
+            return
+        if not self.store.get_to_file(o.digest, dest, executable=o.is_executable):
+            raise CorruptBlobError(f"output {o.path} missing from the store")
+
+    def _materialize_log(self, action: Action, result: ActionResult) -> Path | None:
+        assert self.store is not None
+        log = self._log_path(action)
+        if result.stdout is None:
+            return None
+        if not (log.is_file() and hash_file(log, self.opts.digest) == result.stdout):
+            self.store.get_to_file(result.stdout, log)
+        return log
+
+    def _log_path(self, action: Action) -> Path:
+        pkg = action.label.package
+        return self.out_root / "testlogs" / (pkg or ".") / action.label.name / "test.log"
+
+    def _env(self, action: Action, sandbox: Sandbox) -> dict[str, str]:
+        python_bin = os.path.dirname(os.path.realpath(sys.executable))
+        env = {
+            "PATH": f"{python_bin}:{BASE_PATH}",
+            "HOME": str(sandbox.tmp),
+            "TMPDIR": str(sandbox.tmp),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+        }
+        venv = os.environ.get("VIRTUAL_ENV")
+        if venv:
+            env["VIRTUAL_ENV"] = venv
+        if action.is_test:
+            env["TEST_TARGET"] = str(action.label)
+            env["TEST_TMPDIR"] = str(sandbox.tmp)
+        env.update(dict(action.env))
+        return env
+
+    def _execute(self, action: Action, inputs: list[tuple[str, Digest, bool]], outcome: ActionOutcome) -> None:
+        attempts = max(1, self.opts.flaky_attempts, 3 if action.flaky else 1) if action.is_test else 1
+        sandbox_files = []
+        for path, _, executable in inputs:
+            producer = self.ag.producers.get(path)
+            src = self.out_root / path if producer is not None and producer != action.label else self.root / path
+            sandbox_files.append((path, src, executable))
+        failures = 0
+        for attempt in range(1, attempts + 1):
+            if self._stop.is_set():
+                outcome.message = "interrupted"
+                return
+            sandbox = Sandbox(self.sandbox_base, str(action.label))
+            try:
+                sandbox.stage(sandbox_files)
+                sandbox.prepare_outputs(action.outputs)
+                run = run_command(list(action.argv), sandbox.root, self._env(action, sandbox), action.timeout_s,
+                                  sandbox.dir)
+                outcome.attempts = attempt
+                outcome.exit_code = run.exit_code
+                outcome.executor = self.executor_id
+                ok = run.exit_code == 0 and not run.timed_out
+                if ok:
+                    outcome.outputs = self._collect_outputs(action, sandbox)
+                if action.is_test:
+                    outcome.log = self._save_log(action, run, attempt)
+                if ok:
+                    outcome.status = "executed"
+                    if action.is_test:
+                        outcome.test_outcome = "flaky" if failures else "passed"
+                    outcome.output_bytes = sum(o.digest.size for o in outcome.outputs.values())
+                    outcome.finished_at = time.time()
+                    # A flaky pass is reported, never cached as clean.
+                    if self.store is not None and not failures:
+                        self._record(action, outcome, run)
+                    return
+                failures += 1
+                outcome.test_outcome = "timeout" if run.timed_out else "failed"
+                outcome.message = (f"timed out after {action.timeout_s:g} s" if run.timed_out
+                                   else f"exit code {run.exit_code}")
+                if not action.is_test:
+                    outcome.log = self._save_log(action, run, attempt, kind="failure")
+            except OutputError as e:
+                outcome.message = str(e)
+                return
+            finally:
+                sandbox.cleanup()
+        outcome.status = "failed"
+
+    def _collect_outputs(self, action: Action, sandbox: Sandbox) -> dict[str, OutputFile]:
+        outputs: dict[str, OutputFile] = {}
+        for rel in action.outputs:
+            produced = sandbox.output(rel)
+            executable = bool(os.stat(produced).st_mode & 0o100)
+            digest = self.store.put_file(produced) if self.store is not None else hash_file(produced, self.opts.digest)
+            dest = self.out_root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(produced, dest)
+            outputs[rel] = OutputFile(rel, digest, executable)
+        return outputs
+
+    def _save_log(self, action: Action, run, attempt: int, kind: str = "test") -> Path:
+        if kind == "test":
+            log = self._log_path(action)
+        else:
+            pkg = action.label.package
+            log = self.out_root / "logs" / (pkg or ".") / f"{action.label.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as f:
+            for part in (run.stdout, run.stderr):
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, f)
+        if attempt > 1:
+            shutil.copyfile(log, log.with_name(f"{log.stem}.attempt_{attempt}{log.suffix}"))
+        return log
+
+    def _record(self, action: Action, outcome: ActionOutcome, run) -> None:
+        assert self.store is not None and outcome.key is not None
+        stdout = stderr = None
+        if action.is_test and outcome.log is not None:
+            stdout = self.store.put_file(outcome.log)
+        result = ActionResult(
+            exit_code=0, outputs=tuple(outcome.outputs.values()), stdout=stdout, stderr=stderr,
+            started_at=run.started_at, finished_at=run.finished_at, executor=self.executor_id,
+            test_outcome=outcome.test_outcome, attempts=outcome.attempts,
+        )
+        self.store.action_put(outcome.key, result.encode())
+
+
+def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
+    if path is None or not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        data = f.read()[-64 * 1024:]
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

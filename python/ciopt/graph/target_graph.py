@@ -1,0 +1,268 @@
+"""The target graph: every BUILD file of a workspace loaded, every label resolved.
+
+A label in `srcs`/`deps`/`data`/`tools`/`tests` names either a target of its package or,
+failing that, a source file at `package/name` (as in Bazel). Loading checks that every
+such label exists, suggests a near miss when it does not, and reports a dependency cycle as
+its full path.
+
+Loading is cached: a BUILD file's evaluation is stored in the ActionCache under the digest
+of (the BUILD file, the package's file listing), since `glob()` reads the listing. An
+unchanged workspace is therefore loaded without running Starlark at all.
+"""
+
+from __future__ import annotations
+
+from ciopt.errors import UserError
+
+import difflib
+import pickle
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ciopt import Digest, Store, hash_bytes, hash_tree
+from ciopt.graph.build_file import BUILD_FILE_NAMES, TEST_RULES, BuildFileError, TargetDecl, evaluate_build_file
+from ciopt.graph.label import Label
+from ciopt.graph.pattern import Pattern
+
+# Attributes whose values are labels, in the order dependencies are listed.
+LABEL_ATTRS = ("srcs", "deps", "data", "tools", "tests")
+# Never part of the source tree: our outputs, and our own state.
+WALK_EXCLUDES = ["/ciopt-out", "/.ciopt-*"]
+_EVAL_CACHE_VERSION = b"ciopt-build-eval-v1\0"
+
+Target = TargetDecl
+
+
+class GraphError(UserError):
+    """A problem in the graph as a whole (unknown label, cycle); `str()` starts with file:line:col."""
+
+
+@dataclass(frozen=True)
+class SourceTree:
+    """The workspace's source files: workspace-relative path -> Digest and executable bit."""
+
+    root: Path
+    digests: dict[str, Digest]
+    executable: frozenset[str]
+    tree_digest: Digest
+
+
+def scan_sources(root: Path, store: Store | None) -> SourceTree:
+    """One walk of the workspace (honoring .gitignore), through the StatCache when there is a store."""
+    tree = store.hash_tree(root, excludes=WALK_EXCLUDES) if store else hash_tree(root, excludes=WALK_EXCLUDES)
+    digests: dict[str, Digest] = {}
+    executable = set()
+    for e in tree.entries():
+        digests[e.path] = e.digest
+        if e.is_executable:
+            executable.add(e.path)
+    return SourceTree(root, digests, frozenset(executable), tree.digest)
+
+
+@dataclass
+class TargetGraph:
+    root: Path
+    sources: SourceTree
+    targets: dict[Label, Target]
+    packages: frozenset[str]
+    # Direct dependencies on other targets (not source files), in attribute order.
+    edges: dict[Label, tuple[Label, ...]] = field(default_factory=dict)
+    # BUILD files evaluated (cache misses) and loaded from the cache, for progress and tests.
+    evaluated: int = 0
+    cached: int = 0
+
+    # -- loading ------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, root: Path, store: Store | None = None, sources: SourceTree | None = None) -> TargetGraph:
+        sources = sources or scan_sources(root, store)
+        build_files = _build_files(sources.digests)
+        listings = _package_listings(sources.digests, set(build_files))
+        targets: dict[Label, Target] = {}
+        evaluated = cached = 0
+        for package, build_path in sorted(build_files.items()):
+            key = _eval_key(sources.digests[build_path], package, listings.get(package, []))
+            decls = _cached_decls(store, key)
+            if decls is None:
+                decls = evaluate_build_file(root / build_path, package, display_path=build_path)
+                evaluated += 1
+                if store is not None:
+                    store.action_put(key, pickle.dumps(decls, protocol=pickle.HIGHEST_PROTOCOL))
+            else:
+                cached += 1
+            for d in decls:
+                targets[d.label] = d
+        graph = cls(root, sources, targets, frozenset(build_files), evaluated=evaluated, cached=cached)
+        graph._link()
+        return graph
+
+    def _link(self) -> None:
+        """Resolve every label attribute; unknown labels and cycles are errors."""
+        for label, target in self.targets.items():
+            deps: list[Label] = []
+            for attr in LABEL_ATTRS:
+                for ref in target.attrs.get(attr, ()):
+                    if ref in self.targets:
+                        deps.append(ref)
+                    elif ref.path not in self.sources.digests:
+                        raise GraphError(f"{target.location}: {target.kind} rule {label}: {attr} refers to "
+                                         f"'{ref}', which is neither a target nor a file{self._suggest(ref)}")
+            self.edges[label] = tuple(dict.fromkeys(deps))
+        self._check_cycles()
+
+    def _suggest(self, ref: Label) -> str:
+        same_package = [str(l) for l in self.targets if l.package == ref.package]
+        files = [f"//{ref.package}:{p[len(ref.package) + 1:] if ref.package else p}" for p in self.sources.digests
+                 if (p.startswith(ref.package + "/") if ref.package else "/" not in p)]
+        close = difflib.get_close_matches(str(ref), same_package + files, n=1, cutoff=0.6)
+        if not close:
+            close = difflib.get_close_matches(str(ref), [str(l) for l in self.targets], n=1, cutoff=0.6)
+        return f" (did you mean '{close[0]}'?)" if close else ""
+
+    def _check_cycles(self) -> None:
+        # Iterative DFS: recursion would overflow on long chains (the 100-deep bench graph).
+        state: dict[Label, int] = {}  # 1 = on the stack, 2 = done
+        for start in sorted(self.targets):
+            if state.get(start):
+                continue
+            stack: list[tuple[Label, Iterator[Label]]] = [(start, iter(self.edges[start]))]
+            state[start] = 1
+            while stack:
+                node, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    state[node] = 2
+                    stack.pop()
+                elif state.get(child) == 1:
+                    path = [n for n, _ in stack]
+                    cycle = path[path.index(child):] + [child]
+                    where = self.targets[child].location
+                    raise GraphError(f"{where}: dependency cycle: " + " -> ".join(map(str, cycle)))
+                elif not state.get(child):
+                    state[child] = 1
+                    stack.append((child, iter(self.edges[child])))
+
+    # -- queries ------------------------------------------------------------------
+
+    def expand(self, patterns: Iterable[str], package: str | None = None) -> list[Label]:
+        """Targets matched by the patterns, sorted; a pattern matching nothing is an error."""
+        out: set[Label] = set()
+        for text in patterns:
+            try:
+                pattern = Pattern.parse(text, package)
+            except ValueError as e:
+                raise GraphError(str(e)) from None
+            matched = {l for l in self.targets if pattern.matches(l)}
+            if not matched:
+                single = pattern.label
+                hint = self._suggest(single) if single else ""
+                raise GraphError(f"no targets match '{text}'{hint}")
+            out |= matched
+        return sorted(out)
+
+    def transitive_deps(self, labels: Iterable[Label]) -> set[Label]:
+        seen: set[Label] = set()
+        todo = list(labels)
+        while todo:
+            l = todo.pop()
+            if l not in seen:
+                seen.add(l)
+                todo.extend(self.edges[l])
+        return seen
+
+    def reverse_edges(self) -> dict[Label, set[Label]]:
+        rev: dict[Label, set[Label]] = {l: set() for l in self.targets}
+        for l, deps in self.edges.items():
+            for d in deps:
+                rev[d].add(l)
+        return rev
+
+    def topological(self, labels: Iterable[Label]) -> list[Label]:
+        """`labels` ordered so that every target comes after its dependencies."""
+        wanted = set(labels)
+        order: list[Label] = []
+        done: set[Label] = set()
+        for start in sorted(wanted):
+            stack = [(start, iter(self.edges[start]))]
+            if start in done:
+                continue
+            done.add(start)
+            while stack:
+                node, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    stack.pop()
+                    if node in wanted:
+                        order.append(node)
+                elif child not in done:
+                    done.add(child)
+                    stack.append((child, iter(self.edges[child])))
+        return order
+
+    def is_test(self, label: Label) -> bool:
+        return self.targets[label].kind in TEST_RULES
+
+    def tests_of(self, labels: Iterable[Label]) -> list[Label]:
+        """Test targets among `labels`, with test_suites expanded (an empty suite: its package's tests)."""
+        out: set[Label] = set()
+        seen_suites: set[Label] = set()
+        todo = list(labels)
+        while todo:
+            l = todo.pop()
+            t = self.targets[l]
+            if t.kind in TEST_RULES:
+                out.add(l)
+            elif t.kind == "test_suite" and l not in seen_suites:
+                seen_suites.add(l)
+                listed = [x for x in t.attrs.get("tests", ()) if x in self.targets]
+                todo.extend(listed or [x for x in self.targets
+                                       if x.package == l.package and self.targets[x].kind in TEST_RULES])
+        return sorted(out)
+
+
+def _build_files(digests: dict[str, Digest]) -> dict[str, str]:
+    """package -> workspace-relative BUILD file path (BUILD.ciopt wins over BUILD)."""
+    found: dict[str, str] = {}
+    for path in digests:
+        directory, _, name = path.rpartition("/")
+        if name in BUILD_FILE_NAMES:
+            current = found.get(directory)
+            if current is None or BUILD_FILE_NAMES.index(name) < BUILD_FILE_NAMES.index(current.rpartition("/")[2]):
+                found[directory] = path
+    return found
+
+
+def _package_listings(digests: dict[str, Digest], packages: set[str]) -> dict[str, list[str]]:
+    """Each package's files (not descending into subpackages): what glob() can see."""
+    listings: dict[str, list[str]] = {p: [] for p in packages}
+    for path in sorted(digests):
+        directory = path.rpartition("/")[0]
+        # The owning package is the nearest ancestor directory with a BUILD file.
+        while directory not in packages and directory:
+            directory = directory.rpartition("/")[0]
+        if directory in packages:
+            listings[directory].append(path)
+    return listings
+
+
+def _eval_key(build_digest: Digest, package: str, listing: list[str]) -> str:
+    h = hash_bytes(_EVAL_CACHE_VERSION + str(build_digest).encode() + b"\0" + package.encode() + b"\0"
+                   + "\n".join(listing).encode())
+    return h.hash
+
+
+def _cached_decls(store: Store | None, key: str) -> list[TargetDecl] | None:
+    if store is None:
+        return None
+    raw = store.action_get(key)
+    if raw is None:
+        return None
+    try:
+        return pickle.loads(raw)
+    except Exception:
+        # Written by another ciopt version: evaluate again and overwrite.
+        return None
+
+
+__all__ = ["BuildFileError", "GraphError", "LABEL_ATTRS", "SourceTree", "Target", "TargetGraph", "scan_sources"]
