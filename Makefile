@@ -40,13 +40,19 @@ bench: develop
 	$(PY) -m pip install -q lmdb psutil
 	$(PY) benches/hash_bench.py
 
+DEMO_STORE := $(abspath .ciopt-demo)
+
+# A real build and test of examples/ with the embedded LMDB store, twice: the second run is
+# served entirely from the cache.
 demo: develop
-	@rm -rf .ciopt-demo
-	@echo "== first run: every file of examples/ is read, hashed and stored"
-	CIOPT_CACHE_DIR=.ciopt-demo $(CIOPT) cache ingest examples
-	@echo "== second run, nothing changed: the stat cache and the store skip all of it"
-	CIOPT_CACHE_DIR=.ciopt-demo $(CIOPT) cache ingest examples
-	CIOPT_CACHE_DIR=.ciopt-demo $(CIOPT) cache stats
+	@rm -rf $(DEMO_STORE) examples/ciopt-out
+	@echo "== first run: build and test examples/ (store: $(DEMO_STORE))"
+	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) build //...
+	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) test //... --junit ciopt-out/junit.xml
+	@echo "== second run, nothing changed: every action and test comes from the cache"
+	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) build //...
+	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) test //...
+	CIOPT_CACHE_DIR=$(DEMO_STORE) $(CIOPT) cache stats
 
 clean:
-	rm -rf target $(VENV) .ciopt-demo python/ciopt/*.so
+	rm -rf target $(VENV) .ciopt-demo examples/ciopt-out python/ciopt/*.so
