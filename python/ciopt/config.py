@@ -176,8 +176,9 @@ class Config:
 
     @property
     def record_analytics(self) -> bool:
-        # Not stopped by the bypass: a bypassed build is exactly the one whose
-        # record (and timing) people want to see afterwards.
+        # The analytics features (dashboards after builds). BuildRecords themselves are
+        # always written: they are cheap, and a bypassed build is exactly the one whose
+        # record people want to see afterwards.
         return self.enabled and self.analytics.enabled
 
     def flat(self) -> dict[str, object]:

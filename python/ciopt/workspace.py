@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ciopt import Store, __version__
-from ciopt.analytics.records import ActionRecord, RecordWriter
+from ciopt.analytics.records import ActionRecord, RecordWriter, critical_path
 from ciopt.config import Config, load_config
 from ciopt.exec.engine import ActionOutcome, Engine, EngineOptions, Listener, log_tail
 from ciopt.graph.action_graph import ActionGraph, toolchain_fingerprint
@@ -131,7 +131,7 @@ class Workspace:
         return self._store
 
     def records_path(self) -> Path:
-        return self.config.cache.local.path / "records.sqlite"
+        return self.config.analytics.path
 
     def load(self) -> TargetGraph:
         return TargetGraph.load(self.root, self.store)
@@ -177,7 +177,7 @@ class Workspace:
                         EngineOptions(jobs=jobs, keep_going=keep_going, flaky_attempts=attempts, digest=digest),
                         listener)
         records = RecordWriter(self.records_path())
-        invocation = records.begin(command, list(patterns), self.root, jobs, self.bypass, None)
+        invocation = records.begin(command, list(patterns), self.root, jobs, self.bypass, None, started_at=started)
         outcomes: dict[Label, ActionOutcome] = {}
         try:
             outcomes = engine.run(wanted)
@@ -186,6 +186,10 @@ class Workspace:
                                  self.config.bypass_reason, started, time.time(), loading_s,
                                  (graph.evaluated, graph.cached))
             depth = actions.critical_path_lengths()
+            on_critical_path = set(critical_path(
+                {str(l): o.duration_s for l, o in result.outcomes.items()},
+                {str(l): [str(d) for d in actions.actions[l].deps if d in result.outcomes]
+                 for l in result.outcomes}))
             for o in result.outcomes.values():
                 records.action(invocation, ActionRecord(
                     label=str(o.label), status=o.status, mnemonic=o.mnemonic, key=o.key, executor=o.executor or None,
@@ -193,8 +197,10 @@ class Workspace:
                     input_bytes=o.input_bytes, output_bytes=o.output_bytes, input_files=o.input_files,
                     output_files=len(o.outputs), attempts=max(o.attempts, 1), test_outcome=o.test_outcome,
                     depth=depth.get(o.label), message=o.message or None,
+                    critical_path=str(o.label) in on_critical_path,
                 ))
             records.finish(invocation, result.exit_code if outcomes else 130)
+            records.prune(self.config.analytics.retention_days)
             records.close()
         return result
 

@@ -281,17 +281,16 @@ class ActionRecord:
     message: str | None = None
 
     def __post_init__(self) -> None:
-        # A wrong value is a bug in the caller, so it fails here, loudly, and
-        # not later inside the writer, where it would be swallowed.
-        if self.status not in ACTION_STATUSES:
-            raise ValueError(f"ActionRecord.status must be one of {', '.join(ACTION_STATUSES)}, got {self.status!r}")
-        if self.test_outcome is not None and self.test_outcome not in TEST_OUTCOMES:
-            raise ValueError(
-                f"ActionRecord.test_outcome must be None or one of {', '.join(TEST_OUTCOMES)}, "
-                f"got {self.test_outcome!r}"
-            )
         if self.duration_s is None and self.started_at is not None and self.finished_at is not None:
             self.duration_s = max(0.0, self.finished_at - self.started_at)
+
+    def problem(self) -> str | None:
+        """Why this record cannot be stored (a value outside the schema), or None."""
+        if self.status not in ACTION_STATUSES:
+            return f"status must be one of {', '.join(ACTION_STATUSES)}, got {self.status!r}"
+        if self.test_outcome is not None and self.test_outcome not in TEST_OUTCOMES:
+            return f"test_outcome must be None or one of {', '.join(TEST_OUTCOMES)}, got {self.test_outcome!r}"
+        return None
 
 
 _ACTION_COLUMNS = tuple(f.name for f in fields(ActionRecord))
@@ -368,8 +367,10 @@ class RecordWriter:
         writer.finish(inv, exit_code)
         writer.close()
 
-    The first problem is reported once to stderr (or to `warn`); the writer is
-    then disabled and every later call does nothing. `ok` and `error` tell
+    The first database problem is reported once to stderr (or to `warn`); the
+    writer is then disabled and every later call does nothing. An ActionRecord
+    with a value outside the schema (`ActionRecord.problem()`) is dropped with
+    one warning, and recording goes on. `ok` and `error` tell
     whether that happened. Thread-safe.
     """
 
@@ -381,7 +382,7 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._pending: list[tuple[object, ...]] = []
         self._last_flush = time.monotonic()
-        self._started: dict[int, float] = {}
+        self._warned_invalid = False
 
     @property
     def ok(self) -> bool:
@@ -435,15 +436,21 @@ class RecordWriter:
         jobs: int,
         bypass: bool,
         remote: str | None,
+        *,
+        started_at: float | None = None,
     ) -> int:
-        """Records the start of an invocation; returns its id (NO_INVOCATION if not recorded)."""
+        """Records the start of an invocation; returns its id (NO_INVOCATION if not recorded).
+
+        `started_at` (epoch seconds, default now): when the command started, so
+        that loading and analysis before this call count in its duration.
+        """
         with self._lock:
             if self.error is not None:
                 return NO_INVOCATION
             try:
                 from ciopt import __version__
 
-                now = time.time()
+                now = time.time() if started_at is None else started_at
                 commit, branch = git_revision(workspace)
                 row = {
                     "uuid": uuid.uuid4().hex,
@@ -464,7 +471,6 @@ class RecordWriter:
                 sql = f"INSERT INTO invocations ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})"
                 cursor = self._write(lambda db: db.execute(sql, tuple(row.values())))
                 assert isinstance(cursor, sqlite3.Cursor) and cursor.lastrowid is not None
-                self._started[cursor.lastrowid] = now
                 return cursor.lastrowid
             except Exception as e:
                 self._failed(e)
@@ -476,6 +482,14 @@ class RecordWriter:
             if self.error is not None or invocation_id == NO_INVOCATION:
                 return
             try:
+                problem = rec.problem()
+                if problem is not None:
+                    # A caller's bug, but recording must not turn it into a
+                    # failed build: drop the row, say so once, keep recording.
+                    if not self._warned_invalid:
+                        self._warned_invalid = True
+                        self._warn(f"build records: action {rec.label} not recorded: {problem}")
+                    return
                 self._pending.append(_action_row(invocation_id, rec))
                 if len(self._pending) >= _FLUSH_ROWS or time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
                     self._flush_locked()
@@ -501,7 +515,6 @@ class RecordWriter:
                 self._flush_locked()
                 now = time.time()
                 self._write(lambda db: _finish(db, invocation_id, exit_code, now))
-                self._started.pop(invocation_id, None)
             except Exception as e:
                 self._failed(e)
 
