@@ -6,8 +6,9 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::fs::File;
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use sha2::Digest as _;
@@ -101,18 +102,35 @@ pub fn hash_bytes(f: DigestFn, data: &[u8]) -> Digest {
 }
 
 thread_local! {
-    // Reused across files on the same rayon worker so small-file hashing never allocates.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MMAP_THRESHOLD as usize));
+    // Reused across files on the same rayon worker so small-file hashing never allocates
+    // (and never zeroes: the buffer stays initialised at its high-water length).
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Hashes the file at `path` (following symlinks, as b3sum and sha256sum do).
 pub fn hash_path(f: DigestFn, path: &Path) -> io::Result<Digest> {
-    let mut file = File::open(path)?;
+    open_and_hash(f, path, true).map(|(d, _)| d)
+}
+
+/// Opens `path` and hashes it: open, fstat, read, close for a small file and nothing else.
+/// With `follow` false a symlink is refused (ELOOP) instead of followed. Returns the
+/// metadata of the opened file (fstat), so callers need no separate stat.
+pub fn open_and_hash(f: DigestFn, path: &Path, follow: bool) -> io::Result<(Digest, Metadata)> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    if !follow {
+        opts.custom_flags(libc_o_nofollow());
+    }
+    let file = opts.open(path)?;
     let meta = file.metadata()?;
     if meta.is_dir() {
         return Err(io::Error::from_raw_os_error(21 /* EISDIR */));
     }
-    let len = meta.len();
+    Ok((hash_open_file(f, file, meta.len())?, meta))
+}
+
+/// Hashes an open file whose size (from fstat) is `len`.
+pub fn hash_open_file(f: DigestFn, mut file: File, len: u64) -> io::Result<Digest> {
     if len >= MMAP_THRESHOLD {
         // SAFETY: the map is read-only and dropped before returning; a concurrent writer can
         // at worst make us hash torn bytes, which the stat cache's racy-clean rule re-checks.
@@ -121,11 +139,50 @@ pub fn hash_path(f: DigestFn, path: &Path) -> io::Result<Digest> {
     }
     READ_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        buf.clear();
-        // Files can grow between stat and read; read_to_end handles any length.
-        file.read_to_end(&mut buf)?;
-        Ok(hash_bytes(f, &buf))
+        let n = read_whole(&mut file, &mut buf, len as usize)?;
+        Ok(hash_bytes(f, &buf[..n]))
     })
+}
+
+/// Reads the whole file into `buf` (which only ever grows) and returns its length.
+///
+/// The first read asks for one byte more than fstat's size: a regular file that returns
+/// exactly `len` bytes for it is at EOF, so the common case costs one read(2). A file that
+/// grew or came back short keeps being read until read(2) returns 0.
+fn read_whole(file: &mut File, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    let want = len + 1;
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut filled = 0;
+    loop {
+        let ask = if filled < want { want - filled } else { buf.len() - filled };
+        match file.read(&mut buf[filled..filled + ask]) {
+            Ok(0) => return Ok(filled),
+            Ok(n) => {
+                filled += n;
+                if filled == len && n < ask {
+                    return Ok(filled);
+                }
+                if filled == buf.len() {
+                    let grow = buf.len().max(8192);
+                    buf.resize(buf.len() + grow, 0);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+const fn libc_o_nofollow() -> i32 {
+    // O_NOFOLLOW (std has no constant and the libc crate is not a direct dependency):
+    // 0o100000 on arm, aarch64 and powerpc, 0o400000 on the generic ABI (x86, riscv, ...).
+    if cfg!(any(target_arch = "aarch64", target_arch = "arm", target_arch = "powerpc", target_arch = "powerpc64")) {
+        0o100000
+    } else {
+        0o400000
+    }
 }
 
 #[cfg(test)]

@@ -2,13 +2,13 @@
 //! provably has not changed, hash the rest in parallel, record what was hashed.
 
 use std::fs::{self, Metadata};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::hash::{hash_bytes, hash_path, Digest, DigestFn};
+use crate::hash::{hash_bytes, open_and_hash, Digest, DigestFn};
 use crate::stat_cache::{now_ns, StatEntry};
 use crate::store::{Store, StoreError};
 use crate::tree::{merkle_root, Leaf, NodeKind};
@@ -35,8 +35,6 @@ pub struct Scanned {
     pub bytes_read: u64,
 }
 
-/// Digests of regular files, through the StatCache when a store is given.
-/// `follow` follows symlinks (hash_files semantics); tree scans pass lstat results.
 /// One file's digest, its metadata, and whether it had to be read (a StatCache miss).
 pub struct FileDigest {
     pub digest: Digest,
@@ -44,7 +42,21 @@ pub struct FileDigest {
     pub was_read: bool,
 }
 
+/// Digests of regular files, through the StatCache when a store is given.
+/// `follow` follows symlinks (hash_files semantics); tree scans pass false, and a path that
+/// has turned into a symlink since the walk is then an error instead of being followed.
 pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follow: bool) -> Result<Vec<FileDigest>, ScanError> {
+    let Some(s) = store else {
+        // No cache to consult: open, fstat, read, close, and nothing else per file.
+        return paths
+            .par_iter()
+            .map(|p| match open_and_hash(f, p, follow) {
+                Ok((digest, meta)) => Ok(FileDigest { digest, meta, was_read: true }),
+                Err(e) => Err(ScanError::Io(p.clone(), e)),
+            })
+            .collect();
+    };
+
     let metas: Vec<Metadata> = paths
         .par_iter()
         .map(|p| {
@@ -57,68 +69,126 @@ pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follo
         })
         .collect::<Result<_, _>>()?;
 
-    let cached: Vec<Option<Digest>> = match store {
-        Some(s) => {
-            let keys: Vec<Vec<u8>> = paths.par_iter().map(|p| cache_key(p)).collect();
-            let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            s.stat_lookup(&key_refs)?
-                .into_iter()
-                .zip(&metas)
-                .map(|(e, m)| e.and_then(|e| e.fresh_digest(m)))
-                .collect()
-        }
-        None => vec![None; paths.len()],
+    let keys = CacheKeys::new(paths);
+    let cached: Vec<Option<Digest>> = {
+        let key_refs: Vec<&[u8]> = (0..paths.len()).map(|i| keys.get(i)).collect();
+        s.stat_lookup(&key_refs)?
+            .into_iter()
+            .zip(&metas)
+            .map(|(e, m)| e.and_then(|e| e.fresh_digest(m)))
+            .collect()
     };
 
     // Taken before any read: a write that lands while we hash makes mtime >= this, so the
     // entry counts as racily clean and is re-checked next time.
     let started = now_ns();
-    let results: Vec<(Digest, bool)> = paths
+    let results: Vec<FileDigest> = paths
         .par_iter()
-        .zip(&cached)
-        .map(|(p, c)| match c {
-            Some(d) => Ok((*d, false)),
-            None => hash_path(f, p).map(|d| (d, true)).map_err(|e| ScanError::Io(p.clone(), e)),
+        .zip(cached)
+        .zip(metas)
+        .map(|((p, c), meta)| match c {
+            Some(digest) => Ok(FileDigest { digest, meta, was_read: false }),
+            // The metadata recorded is the fstat of the file actually read.
+            None => open_and_hash(f, p, follow)
+                .map(|(digest, meta)| FileDigest { digest, meta, was_read: true })
+                .map_err(|e| ScanError::Io(p.clone(), e)),
         })
         .collect::<Result<_, _>>()?;
 
-    if let Some(s) = store {
-        let fresh: Vec<(Vec<u8>, StatEntry)> = results
-            .iter()
-            .zip(paths.iter().zip(&metas))
-            .filter(|((_, hashed), _)| *hashed)
-            .map(|((d, _), (p, m))| (cache_key(p), StatEntry::new(m, d, started)))
-            .collect();
-        s.stat_record(&fresh)?;
+    let fresh: Vec<(&[u8], StatEntry)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.was_read)
+        .map(|(i, r)| (keys.get(i), StatEntry::new(&r.meta, &r.digest, started)))
+        .collect();
+    s.stat_record(&fresh)?;
+    Ok(results)
+}
+
+/// StatCache keys: absolute paths, as `std::path::absolute` spells them. Paths that are
+/// already absolute and normal (every path a tree walk yields) are borrowed as they are;
+/// the rest are made absolute against one getcwd for the whole batch.
+struct CacheKeys<'a> {
+    paths: &'a [PathBuf],
+    /// Owned keys for the paths that needed rewriting, by index.
+    owned: Vec<Option<Vec<u8>>>,
+}
+
+impl<'a> CacheKeys<'a> {
+    fn new(paths: &'a [PathBuf]) -> Self {
+        let mut cwd: Option<Option<PathBuf>> = None;
+        let mut owned: Vec<Option<Vec<u8>>> = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            if is_normal_absolute(p.as_os_str().as_bytes()) {
+                continue;
+            }
+            let base = cwd.get_or_insert_with(|| std::env::current_dir().ok());
+            let joined = match base {
+                Some(b) if p.is_relative() => b.join(p),
+                _ => p.clone(),
+            };
+            let key = std::path::absolute(&joined).unwrap_or(joined);
+            if owned.is_empty() {
+                owned.resize(paths.len(), None);
+            }
+            owned[i] = Some(key.into_os_string().into_vec());
+        }
+        CacheKeys { paths, owned }
     }
-    Ok(results
-        .into_iter()
-        .zip(metas)
-        .map(|((digest, was_read), meta)| FileDigest { digest, meta, was_read })
-        .collect())
+
+    fn get(&self, i: usize) -> &[u8] {
+        match self.owned.get(i) {
+            Some(Some(k)) => k,
+            _ => self.paths[i].as_os_str().as_bytes(),
+        }
+    }
+}
+
+/// True when `std::path::absolute` would return the path unchanged: it starts with '/', has
+/// no empty (`//`) or `.` components, and no trailing slash.
+fn is_normal_absolute(b: &[u8]) -> bool {
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    if b.len() == 1 {
+        return true;
+    }
+    b[1..].split(|c| *c == b'/').all(|comp| !comp.is_empty() && comp != b".")
 }
 
 /// Walks `root` and computes its Merkle root.
 pub fn scan_tree(f: DigestFn, store: Option<&Store>, root: &Path, opts: &WalkOptions) -> Result<Scanned, ScanError> {
+    // StatCache keys are absolute paths: an absolute root makes every walked path one
+    // already, so no key needs building (nor a getcwd) per file.
+    let abs_root;
+    let root = if store.is_some() && !is_normal_absolute(root.as_os_str().as_bytes()) {
+        abs_root = std::path::absolute(root).map_err(|e| ScanError::Io(root.to_path_buf(), e))?;
+        abs_root.as_path()
+    } else {
+        root
+    };
     let entries = walk(root, opts).map_err(ScanError::Walk)?;
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut files: Vec<String> = Vec::with_capacity(entries.len());
+    let mut abs: Vec<PathBuf> = Vec::with_capacity(entries.len());
     let mut links: Vec<(String, PathBuf)> = Vec::new();
     let mut dirs: Vec<String> = Vec::new();
     for e in entries {
         match e.kind {
-            Kind::File => files.push((e.rel, e.abs)),
+            Kind::File => {
+                files.push(e.rel);
+                abs.push(e.abs);
+            }
             Kind::Symlink => links.push((e.rel, e.abs)),
             Kind::Dir => dirs.push(e.rel),
         }
     }
-    let abs: Vec<PathBuf> = files.iter().map(|(_, a)| a.clone()).collect();
     let digests = digest_files(f, store, &abs, false)?;
     let read: Vec<&FileDigest> = digests.iter().filter(|d| d.was_read).collect();
     let (files_read, bytes_read) = (read.len() as u64, read.iter().map(|d| d.digest.size).sum());
     let mut leaves: Vec<Leaf> = files
         .into_iter()
         .zip(digests)
-        .map(|((rel, _), fd)| {
+        .map(|(rel, fd)| {
             let kind = if fd.meta.permissions().mode() & 0o111 != 0 { NodeKind::Executable } else { NodeKind::File };
             Leaf { rel, digest: fd.digest, kind }
         })
@@ -131,8 +201,4 @@ pub fn scan_tree(f: DigestFn, store: Option<&Store>, root: &Path, opts: &WalkOpt
     leaves.sort_by(|a, b| a.rel.cmp(&b.rel));
     let root_digest = merkle_root(f, &leaves, &dirs);
     Ok(Scanned { root: root_digest, leaves, files_read, bytes_read })
-}
-
-fn cache_key(p: &Path) -> Vec<u8> {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).as_os_str().as_bytes().to_vec()
 }

@@ -534,7 +534,7 @@ impl Store {
         })
     }
 
-    pub fn stat_record(&self, entries: &[(Vec<u8>, StatEntry)]) -> Result<()> {
+    pub fn stat_record(&self, entries: &[(&[u8], StatEntry)]) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
