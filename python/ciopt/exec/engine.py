@@ -11,8 +11,6 @@ from __future__ import annotations
 import heapq
 import os
 import shutil
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +20,8 @@ from pathlib import Path
 
 from ciopt import CorruptBlobError, Digest, Store, hash_file, tree_digest
 from ciopt.exec.action_result import ActionResult, OutputFile
-from ciopt.exec.local import kill_all, run_command
-from ciopt.exec.sandbox import OutputError, Sandbox
-from ciopt.graph.action_graph import BASE_PATH, Action, ActionGraph, action_key
+from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor, kill_all
+from ciopt.graph.action_graph import Action, ActionGraph, action_key
 from ciopt.graph.label import Label
 from ciopt.graph.target_graph import SourceTree
 
@@ -69,7 +66,8 @@ class EngineOptions:
 
 class Engine:
     def __init__(self, root: Path, actions: ActionGraph, sources: SourceTree, store: Store | None,
-                 toolchain: str, options: EngineOptions, listener: Listener | None = None) -> None:
+                 toolchain: str, options: EngineOptions, listener: Listener | None = None,
+                 executor: Executor | None = None) -> None:
         self.root = root
         self.ag = actions
         self.sources = sources
@@ -78,9 +76,8 @@ class Engine:
         self.opts = options
         self.listener = listener or (lambda *_: None)
         self.out_root = root / OUT_DIR
-        self.sandbox_base = self.out_root / ".sandbox"
         self.outcomes: dict[Label, ActionOutcome] = {}
-        self.executor_id = f"local:{socket.gethostname()}"
+        self.executor: Executor = executor or LocalExecutor(self.out_root, store, options.digest)
         self._stop = threading.Event()
 
     # -- scheduling ---------------------------------------------------------------
@@ -244,109 +241,60 @@ class Engine:
         pkg = action.label.package
         return self.out_root / "testlogs" / (pkg or ".") / action.label.name / "test.log"
 
-    def _env(self, action: Action, sandbox: Sandbox) -> dict[str, str]:
-        python_bin = os.path.dirname(os.path.realpath(sys.executable))
-        env = {
-            "PATH": f"{python_bin}:{BASE_PATH}",
-            "HOME": str(sandbox.tmp),
-            "TMPDIR": str(sandbox.tmp),
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONHASHSEED": "0",
-        }
-        venv = os.environ.get("VIRTUAL_ENV")
-        if venv:
-            env["VIRTUAL_ENV"] = venv
-        if action.is_test:
-            env["TEST_TARGET"] = str(action.label)
-            env["TEST_TMPDIR"] = str(sandbox.tmp)
-        env.update(dict(action.env))
-        return env
-
     def _execute(self, action: Action, inputs: list[tuple[str, Digest, bool]], outcome: ActionOutcome) -> None:
         attempts = max(1, self.opts.flaky_attempts, 3 if action.flaky else 1) if action.is_test else 1
-        sandbox_files = []
-        for path, _, executable in inputs:
+        staged = []
+        for path, digest, executable in inputs:
             producer = self.ag.producers.get(path)
-            src = self.out_root / path if producer is not None and producer != action.label else self.root / path
-            sandbox_files.append((path, src, executable))
+            local = self.out_root / path if producer is not None and producer != action.label else self.root / path
+            staged.append(InputFile(path, digest, executable, local))
+        log = self._log_path(action) if action.is_test else self._failure_log_path(action)
         failures = 0
         for attempt in range(1, attempts + 1):
             if self._stop.is_set():
                 outcome.message = "interrupted"
                 return
-            sandbox = Sandbox(self.sandbox_base, str(action.label))
-            try:
-                sandbox.stage(sandbox_files)
-                sandbox.prepare_outputs(action.outputs)
-                run = run_command(list(action.argv), sandbox.root, self._env(action, sandbox), action.timeout_s,
-                                  sandbox.dir)
-                outcome.attempts = attempt
-                outcome.exit_code = run.exit_code
-                outcome.executor = self.executor_id
-                ok = run.exit_code == 0 and not run.timed_out
-                if ok:
-                    outcome.outputs = self._collect_outputs(action, sandbox)
-                if action.is_test:
-                    outcome.log = self._save_log(action, run, attempt)
-                if ok:
-                    outcome.status = "executed"
-                    if action.is_test:
-                        outcome.test_outcome = "flaky" if failures else "passed"
-                    outcome.output_bytes = sum(o.digest.size for o in outcome.outputs.values())
-                    outcome.finished_at = time.time()
-                    # A flaky pass is reported, never cached as clean.
-                    if self.store is not None and not failures:
-                        self._record(action, outcome, run)
-                    return
-                failures += 1
-                outcome.test_outcome = "timeout" if run.timed_out else "failed"
-                outcome.message = (f"timed out after {action.timeout_s:g} s" if run.timed_out
-                                   else f"exit code {run.exit_code}")
+            result = self.executor.execute(action, staged, log)
+            outcome.attempts = attempt
+            outcome.exit_code = result.exit_code
+            outcome.executor = result.executor
+            if attempt > 1:
+                shutil.copyfile(log, log.with_name(f"{log.stem}.attempt_{attempt}{log.suffix}"))
+            if result.ok:
+                outcome.outputs = result.outputs
+                outcome.status = "executed"
+                outcome.log = log if action.is_test else None
                 if not action.is_test:
-                    outcome.log = self._save_log(action, run, attempt, kind="failure")
-            except OutputError as e:
-                outcome.message = str(e)
+                    log.unlink(missing_ok=True)
+                else:
+                    outcome.test_outcome = "flaky" if failures else "passed"
+                outcome.output_bytes = sum(o.digest.size for o in outcome.outputs.values())
+                outcome.finished_at = time.time()
+                # A flaky pass is reported, never cached as clean.
+                if self.store is not None and not failures:
+                    self._record(action, outcome, result)
                 return
-            finally:
-                sandbox.cleanup()
+            outcome.log = log
+            if result.error is not None:
+                outcome.message = result.error
+                break  # wrong outputs are a rule bug, not flakiness
+            failures += 1
+            outcome.test_outcome = "timeout" if result.timed_out else "failed"
+            outcome.message = (f"timed out after {action.timeout_s:g} s" if result.timed_out
+                               else f"exit code {result.exit_code}")
         outcome.status = "failed"
 
-    def _collect_outputs(self, action: Action, sandbox: Sandbox) -> dict[str, OutputFile]:
-        outputs: dict[str, OutputFile] = {}
-        for rel in action.outputs:
-            produced = sandbox.output(rel)
-            executable = bool(os.stat(produced).st_mode & 0o100)
-            digest = self.store.put_file(produced) if self.store is not None else hash_file(produced, self.opts.digest)
-            dest = self.out_root / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(produced, dest)
-            outputs[rel] = OutputFile(rel, digest, executable)
-        return outputs
+    def _failure_log_path(self, action: Action) -> Path:
+        return self.out_root / "logs" / (action.label.package or ".") / f"{action.label.name}.log"
 
-    def _save_log(self, action: Action, run, attempt: int, kind: str = "test") -> Path:
-        if kind == "test":
-            log = self._log_path(action)
-        else:
-            pkg = action.label.package
-            log = self.out_root / "logs" / (pkg or ".") / f"{action.label.name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "wb") as f:
-            for part in (run.stdout, run.stderr):
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, f)
-        if attempt > 1:
-            shutil.copyfile(log, log.with_name(f"{log.stem}.attempt_{attempt}{log.suffix}"))
-        return log
-
-    def _record(self, action: Action, outcome: ActionOutcome, run) -> None:
+    def _record(self, action: Action, outcome: ActionOutcome, run: ExecResult) -> None:
         assert self.store is not None and outcome.key is not None
         stdout = stderr = None
         if action.is_test and outcome.log is not None:
             stdout = self.store.put_file(outcome.log)
         result = ActionResult(
             exit_code=0, outputs=tuple(outcome.outputs.values()), stdout=stdout, stderr=stderr,
-            started_at=run.started_at, finished_at=run.finished_at, executor=self.executor_id,
+            started_at=run.started_at, finished_at=run.finished_at, executor=run.executor,
             test_outcome=outcome.test_outcome, attempts=outcome.attempts,
         )
         self.store.action_put(outcome.key, result.encode())

@@ -1,19 +1,129 @@
-"""The local executor: runs one command in a sandbox, with a timeout over its whole process group."""
+"""The local executor: runs one action in a sandbox, with a timeout over its whole process group."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+from ciopt import Digest, Store, hash_file
+from ciopt.exec.action_result import OutputFile
+from ciopt.exec.sandbox import OutputError, Sandbox
+from ciopt.graph.action_graph import BASE_PATH, Action
 
 # Children of this process, by process group, so Ctrl-C can stop all of them.
 _running: set[int] = set()
 _running_lock = threading.Lock()
 TERM_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # exec-root-relative
+    digest: Digest
+    is_executable: bool
+    local: Path  # where its bytes are on this machine (source tree or ciopt-out)
+
+
+@dataclass
+class ExecResult:
+    """One attempt of one action, on some executor."""
+
+    exit_code: int
+    timed_out: bool
+    started_at: float
+    finished_at: float
+    executor: str
+    # Declared outputs, already in the local store (when there is one) and under ciopt-out/.
+    outputs: dict[str, OutputFile] = field(default_factory=dict)
+    error: str | None = None  # the command succeeded but its outputs are wrong
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
+
+
+class Executor(Protocol):
+    """Runs actions; the engine owns caching, retries and scheduling."""
+
+    id: str
+
+    def execute(self, action: Action, inputs: list[InputFile], log: Path) -> ExecResult:
+        """Run once; write stdout then stderr to `log`; materialize outputs under ciopt-out/."""
+        ...
+
+
+class LocalExecutor:
+    """Runs actions on this machine, each in a fresh sandbox."""
+
+    def __init__(self, out_root: Path, store: Store | None, digest: str = "blake3") -> None:
+        self.out_root = out_root
+        self.sandbox_base = out_root / ".sandbox"
+        self.store = store
+        self.digest = digest
+        self.id = f"local:{socket.gethostname()}"
+
+    def execute(self, action: Action, inputs: list[InputFile], log: Path) -> ExecResult:
+        sandbox = Sandbox(self.sandbox_base, str(action.label))
+        try:
+            sandbox.stage((i.path, i.local, i.is_executable) for i in inputs)
+            sandbox.prepare_outputs(action.outputs)
+            run = run_command(list(action.argv), sandbox.root, action_env(action, sandbox.tmp), action.timeout_s,
+                              sandbox.dir)
+            result = ExecResult(run.exit_code, run.timed_out, run.started_at, run.finished_at, self.id)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "wb") as f:
+                for part in (run.stdout, run.stderr):
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, f)
+            if result.exit_code == 0 and not result.timed_out:
+                try:
+                    result.outputs = self._collect(action, sandbox)
+                except OutputError as e:
+                    result.error = str(e)
+            return result
+        finally:
+            sandbox.cleanup()
+
+    def _collect(self, action: Action, sandbox: Sandbox) -> dict[str, OutputFile]:
+        produced = {rel: sandbox.output(rel) for rel in action.outputs}  # all checked before any is moved
+        outputs: dict[str, OutputFile] = {}
+        for rel, path in produced.items():
+            executable = bool(os.stat(path).st_mode & 0o100)
+            digest = self.store.put_file(path) if self.store is not None else hash_file(path, self.digest)
+            dest = self.out_root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+            outputs[rel] = OutputFile(rel, digest, executable)
+        return outputs
+
+
+def action_env(action: Action, tmp: Path) -> dict[str, str]:
+    """The environment an action sees: fixed basics, then its declared env."""
+    python_bin = os.path.dirname(os.path.realpath(sys.executable))
+    env = {
+        "PATH": f"{python_bin}:{BASE_PATH}",
+        "HOME": str(tmp),
+        "TMPDIR": str(tmp),
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+    }
+    if os.environ.get("VIRTUAL_ENV"):
+        env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
+    if action.is_test:
+        env["TEST_TARGET"] = str(action.label)
+        env["TEST_TMPDIR"] = str(tmp)
+    env.update(dict(action.env))
+    return env
 
 
 @dataclass(frozen=True)

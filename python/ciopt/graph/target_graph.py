@@ -68,6 +68,8 @@ class TargetGraph:
     packages: frozenset[str]
     # Direct dependencies on other targets (not source files), in attribute order.
     edges: dict[Label, tuple[Label, ...]] = field(default_factory=dict)
+    # Generated files by label (`//pkg:out.txt`) -> the genrule producing them.
+    output_files: dict[Label, Label] = field(default_factory=dict)
     # BUILD files evaluated (cache misses) and loaded from the cache, for progress and tests.
     evaluated: int = 0
     cached: int = 0
@@ -99,12 +101,17 @@ class TargetGraph:
 
     def _link(self) -> None:
         """Resolve every label attribute; unknown labels and cycles are errors."""
+        # A genrule's output file is a target too (`//pkg:out.txt`): depending on it depends on the genrule.
+        self.output_files = {Label(l.package, out): l for l, t in self.targets.items() if t.kind == "genrule"
+                             for out in t.attrs["outs"]}
         for label, target in self.targets.items():
             deps: list[Label] = []
             for attr in LABEL_ATTRS:
                 for ref in target.attrs.get(attr, ()):
                     if ref in self.targets:
                         deps.append(ref)
+                    elif ref in self.output_files:
+                        deps.append(self.output_files[ref])
                     elif ref.path not in self.sources.digests:
                         raise GraphError(f"{target.location}: {target.kind} rule {label}: {attr} refers to "
                                          f"'{ref}', which is neither a target nor a file{self._suggest(ref)}")
@@ -112,7 +119,7 @@ class TargetGraph:
         self._check_cycles()
 
     def _suggest(self, ref: Label) -> str:
-        same_package = [str(l) for l in self.targets if l.package == ref.package]
+        same_package = [str(l) for l in (*self.targets, *self.output_files) if l.package == ref.package]
         files = [f"//{ref.package}:{p[len(ref.package) + 1:] if ref.package else p}" for p in self.sources.digests
                  if (p.startswith(ref.package + "/") if ref.package else "/" not in p)]
         close = difflib.get_close_matches(str(ref), same_package + files, n=1, cutoff=0.6)
