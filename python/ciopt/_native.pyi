@@ -66,6 +66,24 @@ def hash_tree(
 def tree_digest(entries: Sequence[tuple[str, Digest, bool]], digest: DigestFunction = "blake3") -> Digest:
     """Merkle root of explicit (relative path, Digest, is_executable) entries; same encoding as hash_tree."""
 
+# Flags of an extracted import (bit set).
+IMPORT_WEAK: int  # guarded by try/except ImportError or contextlib.suppress(ImportError)
+IMPORT_TYPE_CHECKING: int  # inside `if TYPE_CHECKING:`
+IMPORT_DYNAMIC: int  # importlib.import_module / __import__ / JS import()
+IMPORT_LAZY: int  # inside a function body
+IMPORT_UNRESOLVED: int  # dynamic with a non-literal argument; module = expression text
+IMPORT_STAR: int  # from x import *
+IMPORT_REEXPORT: int  # JS/TS export ... from
+
+ImportTuple = tuple[str, int, list[str], int, int]  # (module, level, names, line, flags)
+
+def extract_imports(paths: Sequence[StrPath], lang: str | None = None) -> list[list[ImportTuple] | str]:
+    """Imports of each file (tree-sitter, in parallel); the language follows the extension
+    (.py/.pyi, .js/.mjs/.cjs/.jsx, .ts/.mts/.cts, .tsx, .sh/.bash) unless `lang` is given.
+    A string in place of a list is the reason that file could not be read."""
+
+def extract_imports_source(source: bytes, lang: str) -> list[ImportTuple]: ...
+
 class StoreStats(TypedDict):
     path: str
     digest_function: str
@@ -117,6 +135,9 @@ class Store:
     def action_get(self, key: str) -> bytes | None:
         """ActionCache lookup by ActionKey hex."""
     def action_put(self, key: str, result: bytes) -> None: ...
+    def action_get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+    def action_put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Many ActionCache entries in one transaction."""
     def action_delete(self, key: str) -> bool: ...
     def hash_files(self, paths: Sequence[StrPath]) -> list[Digest]:
         """Like hash_files, consulting and updating the StatCache so unchanged files are not re-read."""

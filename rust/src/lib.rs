@@ -2,6 +2,7 @@
 //! Every call that touches the filesystem or hashes bytes releases the GIL.
 
 pub mod hash;
+pub mod imports;
 pub mod scan;
 pub mod stat_cache;
 pub mod store;
@@ -194,6 +195,48 @@ fn tree_digest(entries: Vec<(String, PyRef<'_, PyDigest>, bool)>, digest: &str) 
     Ok(PyDigest(tree::merkle_root(f, &leaves, &[])))
 }
 
+type ImportTuple = (String, u32, Vec<String>, u32, u32);
+
+fn import_tuples(v: Vec<imports::Import>) -> Vec<ImportTuple> {
+    v.into_iter().map(|i| (i.module, i.level, i.names, i.line, i.flags)).collect()
+}
+
+/// Imports of many files, parsed in parallel with tree-sitter. Each result is a list of
+/// (module, level, names, line, flags), or a string when the file could not be read or
+/// its language is unknown.
+#[pyfunction]
+#[pyo3(signature = (paths, lang = None))]
+fn extract_imports(py: Python<'_>, paths: Vec<PathBuf>, lang: Option<&str>) -> PyResult<Vec<PyObject>> {
+    use rayon::prelude::*;
+    let forced = match lang {
+        Some(l) => Some(imports::Lang::parse_name(l).ok_or_else(|| PyValueError::new_err(format!("unknown language '{l}'")))?),
+        None => None,
+    };
+    let results: Vec<Result<Vec<ImportTuple>, String>> = py.allow_threads(|| {
+        paths
+            .par_iter()
+            .map(|p| {
+                let l = forced.or_else(|| imports::Lang::from_path(p)).ok_or_else(|| format!("{}: unknown language", p.display()))?;
+                let src = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                Ok(import_tuples(imports::extract(l, &src)))
+            })
+            .collect()
+    });
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(v) => Ok(v.into_pyobject(py)?.into_any().unbind()),
+            Err(e) => Ok(e.into_pyobject(py)?.into_any().unbind()),
+        })
+        .collect()
+}
+
+#[pyfunction]
+fn extract_imports_source(py: Python<'_>, source: &[u8], lang: &str) -> PyResult<Vec<ImportTuple>> {
+    let l = imports::Lang::parse_name(lang).ok_or_else(|| PyValueError::new_err(format!("unknown language '{lang}'")))?;
+    Ok(import_tuples(py.allow_threads(|| imports::extract(l, source))))
+}
+
 #[pyfunction]
 #[pyo3(signature = (root, digest = "blake3", excludes = Vec::new(), gitignore = true))]
 fn hash_tree(py: Python<'_>, root: PathBuf, digest: &str, excludes: Vec<String>, gitignore: bool) -> PyResult<PyTree> {
@@ -346,6 +389,20 @@ impl PyStore {
         Ok(v.map(|b| PyBytes::new(py, &b)))
     }
 
+    fn action_get_many<'py>(&self, py: Python<'py>, keys: Vec<String>) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+        let ks: Vec<[u8; 32]> = keys.iter().map(|k| action_key(k)).collect::<PyResult<_>>()?;
+        let s = &self.inner;
+        let vals = py.allow_threads(|| s.action_get_many(&ks)).map_err(store_err)?;
+        Ok(vals.into_iter().map(|v| v.map(|b| PyBytes::new(py, &b))).collect())
+    }
+
+    fn action_put_many(&self, py: Python<'_>, items: Vec<(String, Bound<'_, PyBytes>)>) -> PyResult<()> {
+        let ks: Vec<([u8; 32], &[u8])> =
+            items.iter().map(|(k, v)| Ok((action_key(k)?, v.as_bytes()))).collect::<PyResult<_>>()?;
+        let s = &self.inner;
+        py.allow_threads(|| s.action_put_many(&ks)).map_err(store_err)
+    }
+
     fn action_put(&self, key: &str, result: &[u8]) -> PyResult<()> {
         self.inner.action_put(&action_key(key)?, result).map_err(store_err)
     }
@@ -434,6 +491,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_files, m)?)?;
     m.add_function(wrap_pyfunction!(hash_tree, m)?)?;
     m.add_function(wrap_pyfunction!(tree_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(extract_imports, m)?)?;
+    m.add_function(wrap_pyfunction!(extract_imports_source, m)?)?;
+    m.add("IMPORT_WEAK", imports::WEAK)?;
+    m.add("IMPORT_TYPE_CHECKING", imports::TYPE_CHECKING)?;
+    m.add("IMPORT_DYNAMIC", imports::DYNAMIC)?;
+    m.add("IMPORT_LAZY", imports::LAZY)?;
+    m.add("IMPORT_UNRESOLVED", imports::UNRESOLVED)?;
+    m.add("IMPORT_STAR", imports::STAR)?;
+    m.add("IMPORT_REEXPORT", imports::REEXPORT)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -516,6 +516,20 @@ impl Store {
         self.read(|txn| Ok(self.ac.get(txn, key)?.map(<[u8]>::to_vec)))
     }
 
+    pub fn action_get_many(&self, keys: &[[u8; 32]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read(|txn| keys.iter().map(|k| Ok(self.ac.get(txn, k)?.map(<[u8]>::to_vec))).collect())
+    }
+
+    /// Many entries in one transaction: one fsync instead of one per entry.
+    pub fn action_put_many(&self, items: &[([u8; 32], &[u8])]) -> Result<()> {
+        self.write(|txn| {
+            for (k, v) in items {
+                self.ac.put(txn, k, v)?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn action_put(&self, key: &[u8; 32], value: &[u8]) -> Result<()> {
         self.write(|txn| self.ac.put(txn, key, value))
     }
