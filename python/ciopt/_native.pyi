@@ -125,6 +125,8 @@ class Store:
     def put_many(self, blobs: Sequence[bytes]) -> list[Digest]: ...
     def put_file(self, path: StrPath) -> Digest:
         """Store a file's bytes (large files stream to a file beside the environment)."""
+    def put_files(self, paths: Sequence[StrPath]) -> list[Digest]:
+        """Store many files in one transaction (files over 1 MiB are streamed one by one)."""
     def get(self, digest: Digest | str) -> bytes | None:
         """The blob's bytes, verified; None when absent. CorruptBlobError when it fails verification."""
     def get_many(self, digests: Sequence[Digest | str]) -> list[bytes | None]: ...

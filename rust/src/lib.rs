@@ -314,6 +314,12 @@ impl PyStore {
         Ok(ds.into_iter().map(PyDigest).collect())
     }
 
+    fn put_files(&self, py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<Vec<PyDigest>> {
+        let s = &self.inner;
+        let ds = py.allow_threads(|| s.put_files(&paths)).map_err(store_err)?;
+        Ok(ds.into_iter().map(PyDigest).collect())
+    }
+
     fn put_file(&self, py: Python<'_>, path: PathBuf) -> PyResult<PyDigest> {
         let s = &self.inner;
         py.allow_threads(|| s.put_file(&path)).map(PyDigest).map_err(store_err)

@@ -358,6 +358,29 @@ impl Store {
         Ok(digests)
     }
 
+    /// Many files in one transaction (one fsync); files over INLINE_MAX are streamed one by one.
+    pub fn put_files(&self, paths: &[PathBuf]) -> Result<Vec<Digest>> {
+        let read: Vec<Option<Vec<u8>>> = paths
+            .par_iter()
+            .map(|p| match fs::metadata(p) {
+                Ok(m) if m.len() > INLINE_MAX => Ok(None),
+                Ok(_) => fs::read(p).map(Some),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| StoreError::Invalid(format!("{}: {e}", p.display()))))
+            .collect::<Result<_>>()?;
+        let small: Vec<&[u8]> = read.iter().flatten().map(Vec::as_slice).collect();
+        let mut small_digests = self.put_many(&small)?.into_iter();
+        paths
+            .iter()
+            .zip(&read)
+            .map(|(p, r)| match r {
+                Some(_) => Ok(small_digests.next().expect("one digest per small file")),
+                None => self.put_file(p),
+            })
+            .collect()
+    }
+
     /// Streams a file into the store; large files never pass through memory whole.
     pub fn put_file(&self, path: &Path) -> Result<Digest> {
         let d = hash_path(self.digest_fn, path).map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))?;

@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -301,7 +301,9 @@ _INSERT_ACTION = (
 
 
 def _action_row(invocation_id: int, rec: ActionRecord) -> tuple[object, ...]:
-    values = asdict(rec)
+    # getattr, not dataclasses.asdict: asdict deep-copies every field and cost 80 ms per
+    # thousand actions on the no-op build.
+    values = {c: getattr(rec, c) for c in _ACTION_COLUMNS}
     values["critical_path"] = int(bool(rec.critical_path))
     if values["message"] is not None:
         values["message"] = str(values["message"])[:2000]

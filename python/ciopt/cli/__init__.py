@@ -5,6 +5,7 @@ Exit codes everywhere: 0 success, 1 build/test/integrity failure, 2 usage or con
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -13,34 +14,47 @@ from ciopt import __version__
 from ciopt.cli.errors import run_guarded
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Command name -> "module:attribute". Modules load only when their command runs, so
+# `ciopt build` does not pay for importing the scheduler, the hardware probes, etc.
+COMMANDS: dict[str, str] = {
+    "build": "ciopt.cli.build:build",
+    "test": "ciopt.cli.build:test",
+    "query": "ciopt.cli.build:query",
+    "hash": "ciopt.cli.hash:hash_command",
+    "cache": "ciopt.cli.cache:cache",
+    "config": "ciopt.cli.config:config",
+    "hardware": "ciopt.cli.hardware:hardware",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ciopt")
 def cli() -> None:
     """ciopt: content-addressed builds, cached tests and affected-test selection for CI.
 
     \b
     Common commands:
+      ciopt build //...             build everything; unchanged actions come from the cache
+      ciopt test //... --junit r.xml   run tests; passed tests with unchanged inputs are not re-run
+      ciopt query 'rdeps(//..., //lib:core)'
       ciopt hash FILE...            BLAKE3/SHA-256 digests (b3sum/sha256sum compatible)
-      ciopt cache stats             what the local store holds
-      ciopt cache gc --max-size 5GiB
-      ciopt cache verify            re-hash every blob, drop corrupt ones
+      ciopt cache stats|gc|verify   the local store
+      ciopt config show             effective configuration and where each value came from
 
     The store lives in $CIOPT_CACHE_DIR (default: $XDG_CACHE_HOME/ciopt).
     """
-
-
-def _register() -> None:
-    # Imported here so `ciopt --help` lists every command without a cycle at import time.
-    from ciopt.cli.build import build, query, test
-    from ciopt.cli.cache import cache
-    from ciopt.cli.config import config
-    from ciopt.cli.hash import hash_command
-
-    for command in (build, test, query, hash_command, cache, config):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from ciopt import CorruptBlobError, Digest, Store, hash_file, tree_digest
 from ciopt.exec.action_result import ActionResult, OutputFile
 from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor, kill_all
+from ciopt.exec.write_behind import WriteBehind
 from ciopt.graph.action_graph import Action, ActionGraph, action_key
 from ciopt.graph.label import Label
 from ciopt.graph.target_graph import SourceTree
@@ -77,7 +78,9 @@ class Engine:
         self.listener = listener or (lambda *_: None)
         self.out_root = root / OUT_DIR
         self.outcomes: dict[Label, ActionOutcome] = {}
-        self.executor: Executor = executor or LocalExecutor(self.out_root, store, options.digest)
+        self.executor: Executor = executor or LocalExecutor(self.out_root, options.digest)
+        self.writer = WriteBehind(store)
+        self._pending_outputs: list[OutputFile] = []
         self._stop = threading.Event()
 
     # -- scheduling ---------------------------------------------------------------
@@ -115,10 +118,19 @@ class Engine:
                     _, label = heapq.heappop(ready)
                     if label in self.outcomes:
                         continue
+                    action = self.ag.actions[label]
                     self.listener("start", label, None)
-                    running[pool.submit(self._run_one, self.ag.actions[label])] = label
+                    # Keys and cache lookups are cheap and need no thread: a no-op build never
+                    # touches the pool. Only real executions are handed to it.
+                    outcome, inputs = self._prepare(action)
+                    if outcome.status != "pending":
+                        finish(label, outcome)
+                        continue
+                    # An execution reads its inputs from ciopt-out/: restore any pending outputs first.
+                    self._flush_materialize()
+                    running[pool.submit(self._execute_guarded, action, inputs, outcome)] = label
                 if not running:
-                    break
+                    break  # nothing runs and nothing may start (stopping after a failure)
                 done, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
                 for fut in done:
                     label = running.pop(fut)
@@ -130,6 +142,8 @@ class Engine:
             raise
         finally:
             pool.shutdown(wait=True)
+            self._flush_materialize()
+            self.writer.flush()
         for label in needed:
             if label not in self.outcomes:
                 a = self.ag.actions[label]
@@ -175,38 +189,50 @@ class Engine:
                 out.append((path, self.sources.digests[path], path in self.sources.executable))
         return out
 
-    def _run_one(self, action: Action) -> ActionOutcome:
-        started = time.time()
-        outcome = ActionOutcome(action.label, action.mnemonic, "failed", started_at=started)
+    def _prepare(self, action: Action) -> tuple[ActionOutcome, list[tuple[str, Digest, bool]]]:
+        """Inputs and key; a cache hit comes back finished, anything else as "pending"."""
+        outcome = ActionOutcome(action.label, action.mnemonic, "pending", started_at=time.time())
+        inputs: list[tuple[str, Digest, bool]] = []
         try:
             inputs = self._inputs(action)
             outcome.input_files = len(inputs)
             outcome.input_bytes = sum(d.size for _, d, _ in inputs)
             tree = tree_digest(inputs, self.opts.digest)
             outcome.key = action_key(action, tree, self.toolchain, self.opts.digest)
-            if self.store is not None and self._try_cache(action, outcome):
-                return outcome
-            self._execute(action, inputs, outcome)
+            if self.store is not None:
+                self._try_cache(action, outcome)
         except Exception as e:  # noqa: BLE001 - one broken action must not take the build down
+            outcome.status = "failed"
+            outcome.message = f"internal error: {type(e).__name__}: {e}"
+            outcome.finished_at = time.time()
+        return outcome, inputs
+
+    def _execute_guarded(self, action: Action, inputs: list[tuple[str, Digest, bool]],
+                         outcome: ActionOutcome) -> ActionOutcome:
+        try:
+            self._execute(action, inputs, outcome)
+        except Exception as e:  # noqa: BLE001
             outcome.status = "failed"
             outcome.message = f"internal error: {type(e).__name__}: {e}"
         outcome.finished_at = outcome.finished_at or time.time()
         return outcome
 
-    def _try_cache(self, action: Action, outcome: ActionOutcome) -> bool:
+    def _try_cache(self, action: Action, outcome: ActionOutcome) -> None:
         assert self.store is not None and outcome.key is not None
         raw = self.store.action_get(outcome.key)
         result = ActionResult.decode(raw) if raw else None
         if result is None:
-            return False
+            return
         if self.store.find_missing([o.digest for o in result.outputs]):
-            return False  # outputs evicted by gc: run again
-        try:
-            for o in result.outputs:
-                self._materialize_cached(o)
-            log = self._materialize_log(action, result) if action.is_test else None
-        except CorruptBlobError:
-            return False
+            return  # outputs evicted by gc: run again
+        log = None
+        if action.is_test:
+            try:
+                log = self._materialize_log(action, result)
+            except CorruptBlobError:
+                return
+        # Outputs are checked and restored in batches (_flush_materialize), not one by one.
+        self._pending_outputs.extend(result.outputs)
         outcome.status = "cached_local"
         outcome.executor = result.executor
         outcome.exit_code = result.exit_code
@@ -216,17 +242,22 @@ class Engine:
         outcome.attempts = 0
         outcome.log = log
         outcome.finished_at = time.time()
-        return True
 
-    def _materialize_cached(self, o: OutputFile) -> None:
-        assert self.store is not None
-        dest = self.out_root / o.path
-        # An output already in place (the usual no-op build) is checked through the StatCache.
-        if dest.is_file() and not dest.is_symlink() and self.store.hash_files([dest])[0] == o.digest \
-                and bool(os.stat(dest).st_mode & 0o100) == o.is_executable:
+    def _flush_materialize(self) -> None:
+        """Make ciopt-out/ hold the cached outputs: files already in place are checked through
+        the StatCache in one call; the others are written from the store."""
+        if not self._pending_outputs or self.store is None:
             return
-        if not self.store.get_to_file(o.digest, dest, executable=o.is_executable):
-            raise CorruptBlobError(f"output {o.path} missing from the store")
+        pending, self._pending_outputs = self._pending_outputs, []
+        present = [o for o in pending if (self.out_root / o.path).is_file()]
+        current = dict(zip((o.path for o in present),
+                           self.store.hash_files([self.out_root / o.path for o in present]))) if present else {}
+        for o in pending:
+            dest = self.out_root / o.path
+            if current.get(o.path) == o.digest and bool(os.stat(dest).st_mode & 0o100) == o.is_executable:
+                continue
+            if not self.store.get_to_file(o.digest, dest, executable=o.is_executable):
+                raise CorruptBlobError(f"output {o.path} vanished from the store")
 
     def _materialize_log(self, action: Action, result: ActionResult) -> Path | None:
         assert self.store is not None
@@ -290,14 +321,16 @@ class Engine:
     def _record(self, action: Action, outcome: ActionOutcome, run: ExecResult) -> None:
         assert self.store is not None and outcome.key is not None
         stdout = stderr = None
+        files = [self.out_root / o.path for o in outcome.outputs.values()]
         if action.is_test and outcome.log is not None:
-            stdout = self.store.put_file(outcome.log)
+            stdout = hash_file(outcome.log, self.opts.digest)
+            files.append(outcome.log)
         result = ActionResult(
             exit_code=0, outputs=tuple(outcome.outputs.values()), stdout=stdout, stderr=stderr,
             started_at=run.started_at, finished_at=run.finished_at, executor=run.executor,
             test_outcome=outcome.test_outcome, attempts=outcome.attempts,
         )
-        self.store.action_put(outcome.key, result.encode())
+        self.writer.add(files, outcome.key, result.encode())
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:

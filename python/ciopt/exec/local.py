@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ciopt import Digest, Store, hash_file
+from ciopt import Digest, hash_file
 from ciopt.exec.action_result import OutputFile
 from ciopt.exec.sandbox import OutputError, Sandbox
 from ciopt.graph.action_graph import BASE_PATH, Action
@@ -57,17 +57,19 @@ class Executor(Protocol):
     id: str
 
     def execute(self, action: Action, inputs: list[InputFile], log: Path) -> ExecResult:
-        """Run once; write stdout then stderr to `log`; materialize outputs under ciopt-out/."""
+        """Run once; materialize outputs under ciopt-out/; write stdout then stderr to `log` when
+        the action is a test or failed (a successful build action's chatter is not kept)."""
         ...
 
 
 class LocalExecutor:
     """Runs actions on this machine, each in a fresh sandbox."""
 
-    def __init__(self, out_root: Path, store: Store | None, digest: str = "blake3") -> None:
+    def __init__(self, out_root: Path, digest: str = "blake3") -> None:
+        # Outputs are hashed here and stored by the engine in batches (one transaction for
+        # many actions), so the executor never writes to the store.
         self.out_root = out_root
         self.sandbox_base = out_root / ".sandbox"
-        self.store = store
         self.digest = digest
         self.id = f"local:{socket.gethostname()}"
 
@@ -79,16 +81,17 @@ class LocalExecutor:
             run = run_command(list(action.argv), sandbox.root, action_env(action, sandbox.tmp), action.timeout_s,
                               sandbox.dir)
             result = ExecResult(run.exit_code, run.timed_out, run.started_at, run.finished_at, self.id)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "wb") as f:
-                for part in (run.stdout, run.stderr):
-                    with open(part, "rb") as src:
-                        shutil.copyfileobj(src, f)
             if result.exit_code == 0 and not result.timed_out:
                 try:
                     result.outputs = self._collect(action, sandbox)
                 except OutputError as e:
                     result.error = str(e)
+            if action.is_test or not result.ok:
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "wb") as f:
+                    for part in (run.stdout, run.stderr):
+                        with open(part, "rb") as src:
+                            shutil.copyfileobj(src, f)
             return result
         finally:
             sandbox.cleanup()
@@ -98,7 +101,7 @@ class LocalExecutor:
         outputs: dict[str, OutputFile] = {}
         for rel, path in produced.items():
             executable = bool(os.stat(path).st_mode & 0o100)
-            digest = self.store.put_file(path) if self.store is not None else hash_file(path, self.digest)
+            digest = hash_file(path, self.digest)
             dest = self.out_root / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)

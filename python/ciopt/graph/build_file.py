@@ -32,12 +32,13 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import starlark as sl
 
 from ciopt.graph.label import Label, validate_name, validate_package
+from ciopt.graph.target import BUILD_FILE_NAMES, TEST_RULES, Location, TargetDecl
 
 __all__ = [
     "BUILD_FILE_NAMES",
@@ -51,30 +52,7 @@ __all__ = [
     "glob_files",
 ]
 
-# BUILD.ciopt wins when both exist, so a repository that already has Bazel
-# BUILD files can give ciopt its own without renaming anything.
-BUILD_FILE_NAMES = ("BUILD.ciopt", "BUILD")
 EVAL_TIME_LIMIT_S = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    path: str
-    line: int
-    column: int
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}"
-
-
-@dataclass(frozen=True)
-class TargetDecl:
-    """One rule call: its kind, label, checked attributes (all of them, defaults included) and call site."""
-
-    kind: str
-    label: Label
-    attrs: dict[str, object] = field(hash=False)
-    location: Location
 
 
 class BuildFileError(UserError):
@@ -261,7 +239,6 @@ _RULES: dict[str, dict[str, _Attr]] = {
 }
 
 RULE_ATTRS: Mapping[str, frozenset[str]] = {kind: frozenset(attrs) for kind, attrs in _RULES.items()}
-TEST_RULES = frozenset({"py_test", "sh_test"})
 
 _PRELUDE_NAME = "<ciopt rules>"
 _PRELUDE = "".join(

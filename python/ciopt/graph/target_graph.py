@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ciopt import Digest, Store, hash_bytes, hash_tree
-from ciopt.graph.build_file import BUILD_FILE_NAMES, TEST_RULES, BuildFileError, TargetDecl, evaluate_build_file
 from ciopt.graph.label import Label
 from ciopt.graph.pattern import Pattern
+from ciopt.graph.target import BUILD_FILE_NAMES, TEST_RULES, Target, TargetDecl
 
 # Attributes whose values are labels, in the order dependencies are listed.
 LABEL_ATTRS = ("srcs", "deps", "data", "tools", "tests")
 # Never part of the source tree: our outputs, and our own state.
 WALK_EXCLUDES = ["/ciopt-out", "/.ciopt-*"]
-_EVAL_CACHE_VERSION = b"ciopt-build-eval-v1\0"
+_EVAL_CACHE_VERSION = b"ciopt-build-eval-v2\0"
 
-Target = TargetDecl
 
 
 class GraphError(UserError):
@@ -73,6 +72,9 @@ class TargetGraph:
     # BUILD files evaluated (cache misses) and loaded from the cache, for progress and tests.
     evaluated: int = 0
     cached: int = 0
+    # Digest of everything the graph was built from (each BUILD file's evaluation key and
+    # the set of source paths): equal fingerprints mean equal graphs, so analysis can be cached.
+    fingerprint: str = ""
 
     # -- loading ------------------------------------------------------------------
 
@@ -83,10 +85,15 @@ class TargetGraph:
         listings = _package_listings(sources.digests, set(build_files))
         targets: dict[Label, Target] = {}
         evaluated = cached = 0
+        keys: list[str] = []
         for package, build_path in sorted(build_files.items()):
             key = _eval_key(sources.digests[build_path], package, listings.get(package, []))
+            keys.append(key)
             decls = _cached_decls(store, key)
             if decls is None:
+                # Only here, on a miss: the Starlark interpreter costs more to import than a no-op build.
+                from ciopt.graph.build_file import evaluate_build_file
+
                 decls = evaluate_build_file(root / build_path, package, display_path=build_path)
                 evaluated += 1
                 if store is not None:
@@ -95,7 +102,10 @@ class TargetGraph:
                 cached += 1
             for d in decls:
                 targets[d.label] = d
-        graph = cls(root, sources, targets, frozenset(build_files), evaluated=evaluated, cached=cached)
+        fingerprint = hash_bytes(_EVAL_CACHE_VERSION + "\n".join(keys).encode() + b"\0"
+                                 + "\n".join(sorted(sources.digests)).encode()).hash
+        graph = cls(root, sources, targets, frozenset(build_files), evaluated=evaluated, cached=cached,
+                    fingerprint=fingerprint)
         graph._link()
         return graph
 
@@ -272,4 +282,4 @@ def _cached_decls(store: Store | None, key: str) -> list[TargetDecl] | None:
         return None
 
 
-__all__ = ["BuildFileError", "GraphError", "LABEL_ATTRS", "SourceTree", "Target", "TargetGraph", "scan_sources"]
+__all__ = ["GraphError", "LABEL_ATTRS", "SourceTree", "Target", "TargetGraph", "scan_sources"]

@@ -1,0 +1,1 @@
+"""Remote execution: the ZeroMQ scheduler, executor daemons, the client, and capability matching."""
