@@ -25,7 +25,13 @@ $(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES) pyproject.toml
 	$(PY) -m maturin develop --release -q
 	touch $@
 
-develop: $(VENV)/.built
+# Bytecode up front: with PYTHONDONTWRITEBYTECODE set (common in CI images) every ciopt
+# invocation would otherwise recompile the package (~30 ms).
+$(VENV)/.compiled: $(VENV)/.built $(wildcard python/ciopt/*.py python/ciopt/*/*.py)
+	$(PY) -m compileall -q python/ciopt
+	touch $@
+
+develop: $(VENV)/.built $(VENV)/.compiled
 
 test: develop test-python test-rust
 
