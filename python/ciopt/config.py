@@ -106,6 +106,8 @@ class CacheConfig:
 class SelectionConfig:
     enabled: bool
     global_inputs: tuple[str, ...]  # globs; a change to one selects every test
+    source_roots: tuple[str, ...] | None  # workspace-relative import roots; None = detected
+    ignore: tuple[str, ...]  # globs; changes to these affect no test (docs, licences)
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,20 @@ def _globs(node: yaml.Node) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _optional_paths(node: yaml.Node) -> tuple[str, ...] | None:
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        return None
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(f"expected a list of directories or null, got {_got(node)}", node)
+    out = []
+    for item in node.value:
+        value = _scalar(item, "a directory path string")
+        if not isinstance(value, str) or value.startswith("/"):
+            raise _Invalid(f"expected a workspace-relative directory, got {_got(item)}", item)
+        out.append(value.strip("/").removeprefix("./") if value not in (".", "./") else "")
+    return tuple(out)
+
+
 def _costs(node: yaml.Node) -> Mapping[str, float]:
     if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
         return MappingProxyType({})
@@ -366,9 +382,12 @@ _SCHEMA: dict[str, _Key] = {
     "cache.remote.timeout_s": _Key(5.0, _seconds),
     "selection.enabled": _Key(False, _bool),
     "selection.global_inputs": _Key(
-        ("config/ci-optimization.yaml", "pyproject.toml", "requirements*.txt", "*.lock", "package-lock.json"),
+        ("config/ci-optimization.yaml", "pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini", "setup.py",
+         "requirements*.txt", "constraints*.txt", "*.lock", "package-lock.json", "tsconfig.json"),
         _globs,
     ),
+    "selection.source_roots": _Key(None, _optional_paths),
+    "selection.ignore": _Key(("*.md", "*.rst", "docs/**", "LICENSE*", ".github/**"), _globs),
     "remote_execution.enabled": _Key(False, _bool),
     "remote_execution.scheduler": _Key(None, _url("tcp", "ipc")),
     "remote_execution.fallback_to_local": _Key(True, _bool),
@@ -666,6 +685,8 @@ def load_config(workspace_root: Path, env: Mapping[str, str] = os.environ) -> Co
         selection=SelectionConfig(
             enabled=values["selection.enabled"],
             global_inputs=tuple(values["selection.global_inputs"]),
+            source_roots=values["selection.source_roots"],
+            ignore=tuple(values["selection.ignore"]),
         ),
         remote_execution=RemoteExecutionConfig(
             enabled=values["remote_execution.enabled"],
