@@ -13,16 +13,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ciopt import Store, __version__
 from ciopt.analytics.records import ActionRecord, RecordWriter, critical_path
 from ciopt.config import Config, load_config
-from ciopt.exec.engine import ActionOutcome, Engine, EngineOptions, Listener, log_tail
+from ciopt.exec.engine import OUT_DIR, ActionOutcome, Engine, EngineOptions, Listener, log_tail
 from ciopt.graph.action_graph import ActionGraph, toolchain_fingerprint
 from ciopt.graph.label import Label
 from ciopt.graph.query import run_query
 from ciopt.graph.target_graph import TargetGraph
 from ciopt.workspace_root import find_workspace_root
+
+if TYPE_CHECKING:
+    from ciopt.remote.client import RemoteExecutor
+
+if TYPE_CHECKING:
+    from ciopt.affected import AffectedResult
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -64,7 +71,7 @@ class BuildResult:
                 c["not_run"] += 1
                 continue
             c[o.test_outcome] += 1
-            if o.status == "cached_local":
+            if o.status in ("cached_local", "cached_remote"):
                 c["cached"] += 1
         return c
 
@@ -100,7 +107,7 @@ class BuildResult:
                     "label": str(label),
                     "outcome": o.test_outcome if o and o.test_outcome else "not_run",
                     "status": o.status if o else "skipped",
-                    "cached": bool(o and o.status == "cached_local"),
+                    "cached": bool(o and o.status in ("cached_local", "cached_remote")),
                     "attempts": o.attempts if o else 0,
                     "duration_s": round(o.duration_s, 4) if o else 0.0,
                     "log": str(o.log) if o and o.log else None,
@@ -147,6 +154,12 @@ class Workspace:
     def query(self, expr: str, cwd: Path | None = None) -> list[Label]:
         return run_query(self.load(), expr, self.package_of(cwd or Path.cwd()))
 
+    def affected(self, base: str, head: str | None = None) -> AffectedResult:
+        """Tests (and targets) a change from `base` to `head` (default: the working tree) can affect."""
+        from ciopt.affected import compute_affected
+
+        return compute_affected(self, base, head)
+
     def build(self, patterns: list[str], **kw: object) -> BuildResult:
         return self._run("build", patterns, **kw)  # type: ignore[arg-type]
 
@@ -155,7 +168,8 @@ class Workspace:
 
     def _run(self, command: str, patterns: list[str], *, jobs: int | None = None, keep_going: bool = False,
              flaky_attempts: int | None = None, listener: Listener | None = None, cwd: Path | None = None,
-             on_loaded: "callable | None" = None) -> BuildResult:
+             on_loaded: "callable | None" = None, remote: str | None = None,
+             warn: "callable | None" = None) -> BuildResult:
         started = time.time()
         graph = self.load()
         matched = graph.expand(patterns, self.package_of(cwd or Path.cwd()))
@@ -174,15 +188,22 @@ class Workspace:
         jobs = jobs or self.config.execution.jobs or os.cpu_count() or 1
         attempts = flaky_attempts or self.config.execution.flaky_attempts
         digest = self.store.digest_function if self.store is not None else "blake3"
-        engine = Engine(self.root, actions, graph.sources, self.store, toolchain_fingerprint(graph.sources.digests),
+        toolchain = toolchain_fingerprint(graph.sources.digests)
+        remote_executor = self._remote_executor(remote, actions, toolchain, warn)
+        engine = Engine(self.root, actions, graph.sources, self.store, toolchain,
                         EngineOptions(jobs=jobs, keep_going=keep_going, flaky_attempts=attempts, digest=digest),
-                        listener)
+                        listener, executor=remote_executor)
+        if remote_executor is not None:
+            remote_executor.stop = engine._stop  # Ctrl-C also ends the waits for remote results
         records = RecordWriter(self.records_path())
-        invocation = records.begin(command, list(patterns), self.root, jobs, self.bypass, None, started_at=started)
+        invocation = records.begin(command, list(patterns), self.root, jobs, self.bypass,
+                                   remote_executor.address if remote_executor else None, started_at=started)
         outcomes: dict[Label, ActionOutcome] = {}
         try:
             outcomes = engine.run(wanted)
         finally:
+            if remote_executor is not None:
+                remote_executor.close()
             result = BuildResult(command, matched, outcomes or engine.outcomes, tests, self.bypass,
                                  self.config.bypass_reason, started, time.time(), loading_s,
                                  (graph.evaluated, graph.cached))
@@ -204,6 +225,20 @@ class Workspace:
             records.prune(self.config.analytics.retention_days)
             records.close()
         return result
+
+    def _remote_executor(self, address: str | None, actions: ActionGraph, toolchain: str,
+                         warn: "callable | None") -> "RemoteExecutor | None":
+        """The remote executor for `--remote ADDR` (or remote_execution in config); None = run locally."""
+        rx = self.config.remote_execution
+        address = address or (rx.scheduler if self.config.use_remote_execution else None)
+        if not address:
+            return None
+        from ciopt.remote.client import open_remote_executor
+
+        return open_remote_executor(
+            address, self.store, self.root / OUT_DIR, toolchain, fallback_to_local=rx.fallback_to_local,
+            heartbeat_s=rx.heartbeat_s, heartbeat_timeout_s=rx.heartbeat_timeout_s,
+            priorities=actions.critical_path_lengths(), warn=warn or (lambda m: None))
 
 
 __all__ = ["BuildResult", "Workspace", "log_tail"]

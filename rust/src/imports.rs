@@ -102,7 +102,12 @@ pub fn extract(lang: Lang, source: &[u8]) -> Vec<Import> {
     let mut out = Vec::new();
     let root = tree.root_node();
     match lang {
-        Lang::Python => python(root, source, 0, &mut out),
+        Lang::Python => {
+            // Dynamic imports can sit in any expression, static ones only in statements: a file
+            // that never names importlib/__import__ needs only its statement skeleton walked.
+            let dynamic = memchr_any(source, &[b"import_module", b"__import__"]);
+            python(root, source, 0, dynamic, &mut out)
+        }
         Lang::JavaScript | Lang::TypeScript | Lang::Tsx => javascript(root, source, &mut out),
         Lang::Bash => bash(root, source, &mut out),
     }
@@ -119,7 +124,37 @@ fn line(n: Node) -> u32 {
 
 // ---- Python ----------------------------------------------------------------------------
 
-fn python(n: Node, src: &[u8], flags: u32, out: &mut Vec<Import>) {
+fn memchr_any(hay: &[u8], needles: &[&[u8]]) -> bool {
+    needles.iter().any(|n| hay.windows(n.len()).any(|w| w == *n))
+}
+
+/// Node kinds that can hold an import statement somewhere below them.
+fn holds_statements(kind: &str) -> bool {
+    matches!(
+        kind,
+        "module"
+            | "block"
+            | "if_statement"
+            | "elif_clause"
+            | "else_clause"
+            | "try_statement"
+            | "except_clause"
+            | "except_group_clause"
+            | "finally_clause"
+            | "with_statement"
+            | "for_statement"
+            | "while_statement"
+            | "function_definition"
+            | "class_definition"
+            | "decorated_definition"
+            | "match_statement"
+            | "case_clause"
+            | "import_statement"
+            | "import_from_statement"
+    )
+}
+
+fn python(n: Node, src: &[u8], flags: u32, dynamic: bool, out: &mut Vec<Import>) {
     match n.kind() {
         "import_statement" => {
             let mut c = n.walk();
@@ -170,6 +205,9 @@ fn python(n: Node, src: &[u8], flags: u32, out: &mut Vec<Import>) {
     }
     let mut c = n.walk();
     for child in n.children(&mut c) {
+        if !dynamic && !holds_statements(child.kind()) {
+            continue;
+        }
         let mut f = flags;
         match n.kind() {
             "function_definition" | "lambda" => f |= LAZY,
@@ -180,7 +218,7 @@ fn python(n: Node, src: &[u8], flags: u32, out: &mut Vec<Import>) {
             }
             _ => {}
         }
-        python(child, src, f, out);
+        python(child, src, f, dynamic, out);
     }
 }
 
@@ -387,6 +425,16 @@ mod tests {
             ]
         );
         assert_eq!(got[8].line, 13);
+    }
+
+    #[test]
+    fn statement_skeleton_walk_finds_nested_imports() {
+        // No importlib/__import__ in the file: only statements are walked.
+        let got = py("class A:\n    def f(self):\n        for x in y:\n            with z:\n                import deep\n\
+                      @dec\ndef g():\n    while True:\n        match v:\n            case 1:\n                from m import n\n\
+                      x = [i for i in 'import fake']\n");
+        let mods: Vec<(&str, u32)> = got.iter().map(|i| (i.module.as_str(), i.flags)).collect();
+        assert_eq!(mods, vec![("deep", LAZY), ("m", LAZY)]);
     }
 
     #[test]

@@ -24,6 +24,11 @@ COMMANDS: dict[str, str] = {
     "cache": "ciopt.cli.cache:cache",
     "config": "ciopt.cli.config:config",
     "hardware": "ciopt.cli.hardware:hardware",
+    "scheduler": "ciopt.cli.remote:scheduler",
+    "executor": "ciopt.cli.remote:executor",
+    "keygen": "ciopt.cli.remote:keygen",
+    "affected": "ciopt.cli.affected:affected",
+    "graph": "ciopt.cli.affected:graph",
 }
 
 

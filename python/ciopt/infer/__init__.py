@@ -1,0 +1,1 @@
+"""Dependency inference: imports read from source, resolved to workspace files."""

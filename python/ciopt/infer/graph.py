@@ -1,0 +1,183 @@
+"""The file-level dependency graph of a workspace, inferred from source.
+
+Nodes are workspace-relative files; an edge a -> b means running or importing `a` may
+execute or read `b`. Python edges come from imports (every form, weak and TYPE_CHECKING
+ones included: safety over precision), package `__init__` files on the way, and the
+conftest.py files pytest loads for a test. JS/TS, shell `source` and Dockerfile COPY/ADD
+add their own edges.
+
+The whole graph is cached under the digest of (the source tree, the settings, the files
+treated as present): a warm `ciopt graph` or `ciopt affected` only walks the tree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+
+from ciopt import Digest, Store, hash_bytes
+from ciopt._native import IMPORT_UNRESOLVED
+from ciopt.infer.extract import extract_cached
+from ciopt.infer.resolve import ModuleIndex, PythonResolver, conftests_for, detect_source_roots, read_pytest_settings
+
+GRAPH_CACHE_VERSION = "ciopt-file-graph-v1"
+JS_SUFFIXES = (".js", ".mjs", ".cjs", ".jsx", ".ts", ".mts", ".cts", ".tsx")
+SHELL_SUFFIXES = (".sh", ".bash")
+JS_TEST_PATTERNS = ("*.test.*", "*.spec.*")
+
+
+@dataclass
+class FileGraph:
+    edges: dict[str, list[str]]  # file -> files it depends on (sorted)
+    test_files: list[str]  # files a test runner collects (pytest's python_files, *.test.js, ...)
+    unresolved: list[tuple[str, int, str]]  # (file, line, expression) of dynamic imports we cannot follow
+    external: dict[str, list[str]]  # file -> third-party top-level modules it imports
+    source_roots: list[str]
+    _reverse: dict[str, list[str]] | None = field(default=None, repr=False)
+
+    def reverse(self) -> dict[str, list[str]]:
+        if self._reverse is None:
+            rev: dict[str, list[str]] = {}
+            for f, deps in self.edges.items():
+                for d in deps:
+                    rev.setdefault(d, []).append(f)
+            self._reverse = rev
+        return self._reverse
+
+    def dependents(self, changed: Iterable[str]) -> dict[str, str | None]:
+        """Every file that transitively depends on a changed file (changed files included),
+        mapped to the next file on its path toward the change (None for the changes)."""
+        rev = self.reverse()
+        via: dict[str, str | None] = {c: None for c in changed}
+        queue = deque(via)
+        while queue:
+            f = queue.popleft()
+            for parent in rev.get(f, ()):
+                if parent not in via:
+                    via[parent] = f
+                    queue.append(parent)
+        return via
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "files": self.edges,
+            "test_files": self.test_files,
+            "unresolved": [{"file": f, "line": l, "expression": e} for f, l, e in self.unresolved],
+            "external": self.external,
+            "source_roots": self.source_roots,
+        }
+
+    def encode(self) -> bytes:
+        return msgpack.packb([self.edges, self.test_files, self.unresolved, self.external, self.source_roots])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> FileGraph:
+        edges, tests, unresolved, external, roots = msgpack.unpackb(raw)
+        return cls(edges, tests, [tuple(u) for u in unresolved], external, roots)  # type: ignore[misc]
+
+
+def is_python_test(path: str, patterns: Iterable[str]) -> bool:
+    name = path.rpartition("/")[2]
+    return path.endswith(".py") and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def build_file_graph(root: Path, files: Mapping[str, Digest], store: Store | None,
+                     source_roots: tuple[str, ...] | None = None, virtual: Iterable[str] = ()) -> FileGraph:
+    """The graph of `files` (path -> digest). `virtual` files are treated as present but empty:
+    deleted files, so that what imported them still depends on them."""
+    settings = read_pytest_settings(root)
+    all_files = frozenset(files) | frozenset(virtual)
+    roots = source_roots if source_roots is not None else detect_source_roots(root, all_files, settings)
+    key = None
+    if store is not None:
+        tree = "\n".join(f"{p}\0{files[p]}" for p in sorted(files))
+        key = hash_bytes("\0".join([GRAPH_CACHE_VERSION, tree, "\n".join(sorted(virtual)), repr(roots),
+                                    repr(settings)]).encode()).hash
+        raw = store.action_get(key)
+        if raw is not None:
+            return FileGraph.decode(raw)
+    graph = _build(root, files, store, roots, settings.python_files, all_files)
+    if store is not None and key is not None:
+        store.action_put(key, graph.encode())
+    return graph
+
+
+def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: tuple[str, ...],
+           python_files: tuple[str, ...], all_files: frozenset[str]) -> FileGraph:
+    py = {p: d for p, d in files.items() if p.endswith((".py", ".pyi"))}
+    js = {p: d for p, d in files.items() if p.endswith(JS_SUFFIXES)}
+    sh = {p: d for p, d in files.items() if p.endswith(SHELL_SUFFIXES)}
+    imports = extract_cached(root, {**py, **js, **sh}, store)
+
+    edges: dict[str, set[str]] = {}
+    unresolved: list[tuple[str, int, str]] = []
+    external: dict[str, set[str]] = {}
+    resolver = PythonResolver(ModuleIndex.build(all_files), roots)
+    for path in py:
+        deps = edges.setdefault(path, set())
+        for module, level, names, line, flags in imports.get(path, ()):
+            if flags & IMPORT_UNRESOLVED:
+                unresolved.append((path, line, module))
+                continue
+            r = resolver.resolve(path, module, level, names)
+            deps.update(r.files)
+            if r.external:
+                external.setdefault(path, set()).add(r.external)
+    tests = sorted(p for p in py if is_python_test(p, python_files))
+    for t in tests:
+        edges[t].update(conftests_for(t, all_files))
+
+    if js:
+        from ciopt.infer.javascript import load_tsconfigs, resolve_js, tsconfig_for
+
+        configs = load_tsconfigs(root, all_files)
+        for path in js:
+            deps = edges.setdefault(path, set())
+            cfg = tsconfig_for(path, configs)
+            for module, _, _, line, flags in imports.get(path, ()):
+                if flags & IMPORT_UNRESOLVED:
+                    unresolved.append((path, line, module))
+                else:
+                    deps.update(resolve_js(path, module, all_files, cfg))
+        tests += sorted(p for p in js if any(fnmatch.fnmatchcase(p.rpartition("/")[2], pat)
+                                             for pat in JS_TEST_PATTERNS) or "/__tests__/" in f"/{p}")
+    if sh:
+        from ciopt.infer.shell import resolve_shell
+
+        for path in sh:
+            deps = edges.setdefault(path, set())
+            for module, _, _, line, flags in imports.get(path, ()):
+                if flags & IMPORT_UNRESOLVED:
+                    unresolved.append((path, line, module))
+                else:
+                    deps.update(resolve_shell(path, module, all_files))
+    dockerfiles = [p for p in files if _is_dockerfile(p)]
+    if dockerfiles:
+        from ciopt.infer.docker import dockerfile_deps
+
+        for path in dockerfiles:
+            try:
+                text = (root / path).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            found = dockerfile_deps(path, text, all_files)
+            edges.setdefault(path, set()).update(found.files)
+            unresolved.extend((path, line, t) for line, t in found.unresolved)
+
+    return FileGraph(
+        edges={f: sorted(d - {f}) for f, d in sorted(edges.items())},
+        test_files=sorted(set(tests)),
+        unresolved=sorted(unresolved),
+        external={f: sorted(e) for f, e in sorted(external.items())},
+        source_roots=list(roots),
+    )
+
+
+def _is_dockerfile(path: str) -> bool:
+    name = path.rpartition("/")[2]
+    return name in ("Dockerfile", "Containerfile") or name.startswith("Dockerfile.") or name.endswith(".dockerfile")
