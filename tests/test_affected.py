@@ -261,3 +261,32 @@ def test_graph_json_and_dot(cli: CliRunner, repo: Path) -> None:
     assert "src" in doc["source_roots"]
     dot = cli("graph", "-o", "dot", cwd=repo, check=True).stdout
     assert '"src/pkg/core.py" -> "src/pkg/util.py";' in dot
+
+
+def test_zero_config_targets_query_and_test(cli: CliRunner, repo: Path) -> None:
+    """No BUILD files: every test file is a py_test, every module a py_library, deps inferred."""
+    tests = cli("query", "tests(//...)", cwd=repo, check=True).stdout.split()
+    assert "//tests:test_lazy" in tests and "//src/pkg:heavy" not in tests
+    rdeps = cli("query", "rdeps(//..., //src/pkg:heavy)", cwd=repo, check=True).stdout.split()
+    assert {"//src/pkg:heavy", "//src/pkg:lazy", "//tests:test_lazy"} <= set(rdeps)
+    assert "//tests:test_core" not in rdeps
+    proc = cli("test", "//tests:test_lazy", "//tests:test_data", "-o", "json", cwd=repo)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0, proc.stderr
+    assert {t["label"]: t["outcome"] for t in doc["tests"]} == {"//tests:test_lazy": "passed",
+                                                                "//tests:test_data": "passed"}
+
+
+def test_inferred_deps_fill_in_build_file_targets(cli: CliRunner, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    write(ws, {
+        "config/ci-optimization.yaml": "enabled: true\n",
+        "lib/BUILD": 'py_library(name = "lib", srcs = ["util.py"])\n',
+        "lib/util.py": "def f():\n    return 1\n",
+        # The test declares no deps: its import of lib.util is inferred.
+        "app/BUILD": 'py_test(name = "test_app", srcs = ["test_app.py"])\n',
+        "app/test_app.py": "from lib.util import f\n\ndef test_f():\n    assert f() == 1\n",
+    })
+    assert cli("query", "deps(//app:test_app)", cwd=ws, check=True).stdout.split() == ["//app:test_app", "//lib:lib"]
+    proc = cli("test", "//app:test_app", cwd=ws)
+    assert proc.returncode == 0, proc.stderr

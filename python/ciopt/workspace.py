@@ -141,7 +141,7 @@ class Workspace:
         return self.config.analytics.path
 
     def load(self) -> TargetGraph:
-        return TargetGraph.load(self.root, self.store)
+        return TargetGraph.load(self.root, self.store, source_roots=self.config.selection.source_roots)
 
     def package_of(self, cwd: Path) -> str | None:
         """The package a relative pattern typed in `cwd` refers to."""

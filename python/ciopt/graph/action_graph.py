@@ -112,12 +112,24 @@ class ActionGraph:
         return self._memo[key]
 
     def _runfiles(self, label: Label) -> tuple[str, ...]:
+        """Files of `label` and of everything it needs at run time. Iterative with a visited set:
+        inferred dependencies between Python modules may form cycles."""
         key = ("runfiles", label)
         if key not in self._memo:
-            t = self.graph.targets[label]
-            files = list(self._target_files(label))
-            for ref in (*t.attrs.get("srcs", ()), *t.attrs.get("data", ()), *t.attrs.get("deps", ())):
-                files.extend(self._runfiles(ref) if ref in self.graph.targets else (ref.path,))
+            files: list[str] = []
+            seen = {label}
+            stack = [label]
+            while stack:
+                l = stack.pop()
+                t = self.graph.targets[l]
+                files.extend(self._target_files(l))
+                for ref in (*t.attrs.get("srcs", ()), *t.attrs.get("data", ()), *t.attrs.get("deps", ()),
+                            *t.attrs.get("inferred_deps", ())):
+                    if ref not in self.graph.targets:
+                        files.append(ref.path)
+                    elif ref not in seen:
+                        seen.add(ref)
+                        stack.append(ref)
             self._memo[key] = tuple(dict.fromkeys(files))
         return self._memo[key]
 

@@ -72,23 +72,24 @@ class TargetGraph:
     # BUILD files evaluated (cache misses) and loaded from the cache, for progress and tests.
     evaluated: int = 0
     cached: int = 0
-    # Digest of everything the graph was built from (each BUILD file's evaluation key and
-    # the set of source paths): equal fingerprints mean equal graphs, so analysis can be cached.
-    fingerprint: str = ""
+    # True when no BUILD file exists and every target was inferred from source.
+    zero_config: bool = False
 
     # -- loading ------------------------------------------------------------------
 
     @classmethod
-    def load(cls, root: Path, store: Store | None = None, sources: SourceTree | None = None) -> TargetGraph:
+    def load(cls, root: Path, store: Store | None = None, sources: SourceTree | None = None,
+             source_roots: tuple[str, ...] | None = None, infer: bool = True) -> TargetGraph:
+        """Every target of the workspace. With `infer`, Python dependencies inferred from imports
+        are added (as `inferred_deps`) to py_library/py_test targets, and a workspace without
+        BUILD files gets one py_library per module and one py_test per test file."""
         sources = sources or scan_sources(root, store)
         build_files = _build_files(sources.digests)
         listings = _package_listings(sources.digests, set(build_files))
         targets: dict[Label, Target] = {}
         evaluated = cached = 0
-        keys: list[str] = []
         for package, build_path in sorted(build_files.items()):
             key = _eval_key(sources.digests[build_path], package, listings.get(package, []))
-            keys.append(key)
             decls = _cached_decls(store, key)
             if decls is None:
                 # Only here, on a miss: the Starlark interpreter costs more to import than a no-op build.
@@ -102,10 +103,16 @@ class TargetGraph:
                 cached += 1
             for d in decls:
                 targets[d.label] = d
-        fingerprint = hash_bytes(_EVAL_CACHE_VERSION + "\n".join(keys).encode() + b"\0"
-                                 + "\n".join(sorted(sources.digests)).encode()).hash
+        zero_config = not build_files
+        if infer and any(p.endswith(".py") for p in sources.digests):
+            from ciopt.infer.graph import add_inferred_deps, build_file_graph, inferred_targets
+
+            files = build_file_graph(root, sources.digests, store, source_roots)
+            if zero_config:
+                targets = {t.label: t for t in inferred_targets(files, sources.digests)}
+            targets = add_inferred_deps(targets, files)
         graph = cls(root, sources, targets, frozenset(build_files), evaluated=evaluated, cached=cached,
-                    fingerprint=fingerprint)
+                    zero_config=zero_config)
         graph._link()
         return graph
 
@@ -114,6 +121,7 @@ class TargetGraph:
         # A genrule's output file is a target too (`//pkg:out.txt`): depending on it depends on the genrule.
         self.output_files = {Label(l.package, out): l for l, t in self.targets.items() if t.kind == "genrule"
                              for out in t.attrs["outs"]}
+        explicit: dict[Label, tuple[Label, ...]] = {}
         for label, target in self.targets.items():
             deps: list[Label] = []
             for attr in LABEL_ATTRS:
@@ -125,8 +133,12 @@ class TargetGraph:
                     elif ref.path not in self.sources.digests:
                         raise GraphError(f"{target.location}: {target.kind} rule {label}: {attr} refers to "
                                          f"'{ref}', which is neither a target nor a file{self._suggest(ref)}")
-            self.edges[label] = tuple(dict.fromkeys(deps))
-        self._check_cycles()
+            explicit[label] = tuple(dict.fromkeys(deps))
+            inferred = [d for d in target.attrs.get("inferred_deps", ()) if d in self.targets]
+            self.edges[label] = tuple(dict.fromkeys([*deps, *inferred]))
+        # Only declared dependencies must be acyclic: Python modules import each other in
+        # cycles all the time, and a cycle of inferred file-level deps is harmless.
+        self._check_cycles(explicit)
 
     def _suggest(self, ref: Label) -> str:
         same_package = [str(l) for l in (*self.targets, *self.output_files) if l.package == ref.package]
@@ -137,13 +149,13 @@ class TargetGraph:
             close = difflib.get_close_matches(str(ref), [str(l) for l in self.targets], n=1, cutoff=0.6)
         return f" (did you mean '{close[0]}'?)" if close else ""
 
-    def _check_cycles(self) -> None:
+    def _check_cycles(self, edges: dict[Label, tuple[Label, ...]]) -> None:
         # Iterative DFS: recursion would overflow on long chains (the 100-deep bench graph).
         state: dict[Label, int] = {}  # 1 = on the stack, 2 = done
         for start in sorted(self.targets):
             if state.get(start):
                 continue
-            stack: list[tuple[Label, Iterator[Label]]] = [(start, iter(self.edges[start]))]
+            stack: list[tuple[Label, Iterator[Label]]] = [(start, iter(edges[start]))]
             state[start] = 1
             while stack:
                 node, children = stack[-1]
@@ -158,7 +170,7 @@ class TargetGraph:
                     raise GraphError(f"{where}: dependency cycle: " + " -> ".join(map(str, cycle)))
                 elif not state.get(child):
                     state[child] = 1
-                    stack.append((child, iter(self.edges[child])))
+                    stack.append((child, iter(edges[child])))
 
     # -- queries ------------------------------------------------------------------
 
@@ -194,28 +206,6 @@ class TargetGraph:
             for d in deps:
                 rev[d].add(l)
         return rev
-
-    def topological(self, labels: Iterable[Label]) -> list[Label]:
-        """`labels` ordered so that every target comes after its dependencies."""
-        wanted = set(labels)
-        order: list[Label] = []
-        done: set[Label] = set()
-        for start in sorted(wanted):
-            stack = [(start, iter(self.edges[start]))]
-            if start in done:
-                continue
-            done.add(start)
-            while stack:
-                node, children = stack[-1]
-                child = next(children, None)
-                if child is None:
-                    stack.pop()
-                    if node in wanted:
-                        order.append(node)
-                elif child not in done:
-                    done.add(child)
-                    stack.append((child, iter(self.edges[child])))
-        return order
 
     def is_test(self, label: Label) -> bool:
         return self.targets[label].kind in TEST_RULES

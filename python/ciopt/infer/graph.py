@@ -23,6 +23,8 @@ import msgpack
 from ciopt import Digest, Store, hash_bytes
 from ciopt._native import IMPORT_UNRESOLVED
 from ciopt.infer.extract import extract_cached
+from ciopt.graph.label import Label
+from ciopt.graph.target import Location, TargetDecl
 from ciopt.infer.resolve import ModuleIndex, PythonResolver, conftests_for, detect_source_roots, read_pytest_settings
 
 GRAPH_CACHE_VERSION = "ciopt-file-graph-v1"
@@ -181,3 +183,80 @@ def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: 
 def _is_dockerfile(path: str) -> bool:
     name = path.rpartition("/")[2]
     return name in ("Dockerfile", "Containerfile") or name.startswith("Dockerfile.") or name.endswith(".dockerfile")
+
+
+# ---- targets from the file graph ----------------------------------------------------------
+
+def inferred_label(path: str) -> Label | None:
+    """The zero-config target of a Python file: //dir:stem (None when the name is not a valid label)."""
+    d, _, name = path.rpartition("/")
+    try:
+        return Label(d, name.rsplit(".", 1)[0])
+    except ValueError:
+        return None
+
+
+def _data_files(test: str, data_by_dir: dict[str, list[str]]) -> tuple[Label, ...]:
+    """Non-code files in the test's directory tree: fixtures it may open by path. The same rule
+    `ciopt affected` applies, so a test reruns exactly when a file it can read changed."""
+    d = test.rpartition("/")[0]
+    out = []
+    for directory, paths in data_by_dir.items():
+        if not d or directory == d or directory.startswith(d + "/"):
+            for p in paths:
+                pkg, _, name = p.rpartition("/")
+                try:
+                    out.append(Label(pkg, name))
+                except ValueError:
+                    continue  # a name no label can spell (spaces, odd characters)
+    return tuple(sorted(out))
+
+
+def inferred_targets(files: FileGraph, all_files: Iterable[str] = ()) -> list[TargetDecl]:
+    """A workspace without BUILD files: one py_library per module, one py_test per test file."""
+    tests = set(files.test_files)
+    data_by_dir: dict[str, list[str]] = {}
+    for p in all_files:
+        if "/" in p and not p.endswith((".py", ".pyi", ".pyc")) and p.rpartition("/")[2] not in ("BUILD", "BUILD.ciopt"):
+            data_by_dir.setdefault(p.rpartition("/")[0], []).append(p)
+    out: list[TargetDecl] = []
+    for path in files.edges:
+        if not path.endswith(".py"):
+            continue
+        label = inferred_label(path)
+        if label is None:
+            continue
+        src = Label(label.package, path.rpartition("/")[2])
+        common = {"name": label.name, "srcs": (src,), "deps": (), "data": (), "tags": ("inferred",)}
+        if path in tests:
+            attrs = {**common, "data": _data_files(path, data_by_dir), "timeout": None, "flaky": False,
+                     "requires": {}, "env": {}, "args": ()}
+            out.append(TargetDecl("py_test", label, attrs, Location(path, 1, 1)))
+        else:
+            out.append(TargetDecl("py_library", label, common, Location(path, 1, 1)))
+    return out
+
+
+def add_inferred_deps(targets: dict[Label, TargetDecl], files: FileGraph) -> dict[Label, TargetDecl]:
+    """Fill `inferred_deps` of py_library/py_test targets from the imports of their sources,
+    as Pants does: a dependency on the target that owns each imported file. Declared deps
+    still count; files no target owns are left out (they are not build inputs)."""
+    owner: dict[str, Label] = {}
+    for label, t in targets.items():
+        if t.kind in ("py_library", "py_test"):
+            for ref in t.attrs.get("srcs", ()):
+                if ref not in targets:
+                    owner.setdefault(ref.path, label)
+    out = dict(targets)
+    for label, t in targets.items():
+        if t.kind not in ("py_library", "py_test"):
+            continue
+        deps: set[Label] = set()
+        for ref in t.attrs.get("srcs", ()):
+            for dep_file in files.edges.get(ref.path, ()):
+                o = owner.get(dep_file)
+                if o is not None and o != label:
+                    deps.add(o)
+        if deps:
+            out[label] = TargetDecl(t.kind, label, {**t.attrs, "inferred_deps": tuple(sorted(deps))}, t.location)
+    return out
