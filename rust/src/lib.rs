@@ -19,7 +19,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use hash::{Digest, DigestFn};
 use scan::ScanError;
-use store::{Fetched, StoreError};
+use store::{Filled, StoreError};
 use tree::{Leaf, NodeKind};
 use walk::WalkOptions;
 
@@ -334,26 +334,48 @@ impl PyStore {
         let wanted = self.to_digests(digests)?;
         let known: Vec<Digest> = wanted.iter().flatten().copied().collect();
         let s = &self.inner;
-        let fetched = py.allow_threads(|| s.fetch_many(&known)).map_err(store_err)?;
-        let corrupt: Vec<String> = fetched
-            .iter()
-            .zip(&known)
-            .filter(|(f, _)| matches!(f, Fetched::Corrupt))
-            .map(|(_, d)| d.to_string())
-            .collect();
+        let present = py.allow_threads(|| s.present(&known)).map_err(store_err)?;
+        // Each blob is copied once, from the LMDB map straight into its bytes object:
+        // the objects are allocated here (sizes come from the store's rows, never from
+        // the caller alone) and filled and verified in parallel without the GIL.
+        let mut objs: Vec<Option<Bound<'py, PyBytes>>> = Vec::with_capacity(known.len());
+        let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(known.len());
+        for (d, p) in known.iter().zip(&present) {
+            if !*p {
+                objs.push(None);
+                bufs.push(&mut []);
+                continue;
+            }
+            let len = isize::try_from(d.size).map_err(|_| PyValueError::new_err(format!("blob {d} is too large")))?;
+            // SAFETY: a NULL source makes an uninitialised bytes object of `len` bytes, which
+            // nothing else can see until we return it. Its buffer stays valid while `objs`
+            // holds the object, and is written only by fetch_into, each buffer by one thread.
+            // Objects whose blob turns out absent or corrupt are dropped unseen.
+            unsafe {
+                let obj = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len))?
+                    .downcast_into_unchecked::<PyBytes>();
+                let data = pyo3::ffi::PyBytes_AsString(obj.as_ptr()) as *mut u8;
+                bufs.push(std::slice::from_raw_parts_mut(data, len as usize));
+                objs.push(Some(obj));
+            }
+        }
+        let filled = py.allow_threads(|| s.fetch_into(&known, &mut bufs)).map_err(store_err)?;
+        drop(bufs);
+        let corrupt: Vec<String> =
+            filled.iter().zip(&known).filter(|(f, _)| **f == Filled::Corrupt).map(|(_, d)| d.to_string()).collect();
         if !corrupt.is_empty() {
             return Err(PyCorruptBlobError::new_err(format!(
                 "corrupt blob(s) removed from the store: {}",
                 corrupt.join(", ")
             )));
         }
-        let mut it = fetched.into_iter();
+        let mut it = filled.into_iter().zip(objs);
         Ok(wanted
             .iter()
             .map(|w| match w {
                 None => None,
                 Some(_) => match it.next() {
-                    Some(Fetched::Found(b)) => Some(PyBytes::new(py, &b)),
+                    Some((Filled::Found, obj)) => obj,
                     _ => None,
                 },
             })

@@ -157,6 +157,24 @@ pub enum Fetched {
     Corrupt,
 }
 
+/// Outcome of reading one blob into a caller's buffer (`fetch_into`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filled {
+    Found,
+    Absent,
+    Corrupt,
+}
+
+/// Fills `buf` with the file's bytes; a file of any other length is an error.
+fn read_exact_file(path: &Path, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    if f.metadata()?.len() != buf.len() as u64 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "size differs from the digest"));
+    }
+    f.read_exact(buf)
+}
+
 impl Store {
     pub fn open(path: &Path, want: Option<DigestFn>) -> Result<Arc<Store>> {
         if path.exists() && !path.is_dir() {
@@ -416,57 +434,89 @@ impl Store {
 
     /// Reads and verifies blobs; corrupt ones are removed before returning.
     pub fn fetch_many(&self, digests: &[Digest]) -> Result<Vec<Fetched>> {
-        enum Raw {
-            Inline(Vec<u8>),
+        let present = self.present(digests)?;
+        let mut bufs: Vec<Vec<u8>> =
+            digests.iter().zip(&present).map(|(d, p)| if *p { vec![0; d.size as usize] } else { Vec::new() }).collect();
+        let filled = {
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+            self.fetch_into(digests, &mut slices)?
+        };
+        Ok(filled
+            .into_iter()
+            .zip(bufs)
+            .map(|(f, b)| match f {
+                Filled::Found => Fetched::Found(b),
+                Filled::Absent => Fetched::Absent,
+                Filled::Corrupt => Fetched::Corrupt,
+            })
+            .collect())
+    }
+
+    /// Which blobs have a row of the digest's size: the ones worth a buffer for `fetch_into`.
+    /// Records no access (the read that follows does).
+    pub fn present(&self, digests: &[Digest]) -> Result<Vec<bool>> {
+        self.read(|txn| {
+            digests
+                .iter()
+                .map(|d| Ok(self.meta.get(txn, &d.hash)?.and_then(Meta::decode).is_some_and(|m| m.size == d.size)))
+                .collect()
+        })
+    }
+
+    /// Reads blobs into the caller's buffers, one copy each: inline blobs straight from the
+    /// LMDB map while one read transaction pins its pages, in parallel, each verified from
+    /// the buffer it was copied to. A buffer whose length is not the digest's size is left
+    /// alone and reported Absent. Corrupt blobs are removed before returning; buffers of
+    /// blobs not reported Found hold unspecified bytes.
+    pub fn fetch_into(&self, digests: &[Digest], bufs: &mut [&mut [u8]]) -> Result<Vec<Filled>> {
+        assert_eq!(digests.len(), bufs.len(), "one buffer per digest");
+        enum Src<'t> {
+            Inline(&'t [u8]),
             External,
             Absent,
         }
-        let raws: Vec<Raw> = self.read(|txn| {
-            let mut out = Vec::with_capacity(digests.len());
-            for d in digests {
+        let filled: Vec<Filled> = self.read(|txn| {
+            let mut srcs = Vec::with_capacity(digests.len());
+            for (d, buf) in digests.iter().zip(bufs.iter()) {
                 let meta = self.meta.get(txn, &d.hash)?.and_then(Meta::decode);
-                out.push(match meta {
-                    Some(m) if m.size != d.size => Raw::Absent,
-                    Some(m) if m.loc == LOC_EXTERNAL => Raw::External,
-                    Some(_) => match self.blobs.get(txn, &d.hash)? {
-                        Some(b) => Raw::Inline(b.to_vec()),
-                        None => Raw::Inline(Vec::new()),
-                    },
-                    None => Raw::Absent,
+                srcs.push(match meta {
+                    Some(m) if m.size != d.size || buf.len() as u64 != d.size => Src::Absent,
+                    Some(m) if m.loc == LOC_EXTERNAL => Src::External,
+                    // A row without its bytes is corrupt (unless the blob is empty).
+                    Some(_) => Src::Inline(self.blobs.get(txn, &d.hash)?.unwrap_or(&[])),
+                    None => Src::Absent,
                 });
             }
-            Ok(out)
+            Ok(srcs
+                .into_par_iter()
+                .zip(bufs.par_iter_mut())
+                .zip(digests.par_iter())
+                .with_min_len(16)
+                .map(|((src, buf), d)| {
+                    let ok = match src {
+                        Src::Absent => return Filled::Absent,
+                        Src::Inline(b) if b.len() == buf.len() => {
+                            buf.copy_from_slice(b);
+                            true
+                        }
+                        Src::Inline(_) => false,
+                        Src::External => read_exact_file(&self.external_path(&d.hash), buf).is_ok(),
+                    };
+                    if ok && hash_bytes(self.digest_fn, buf) == *d {
+                        Filled::Found
+                    } else {
+                        Filled::Corrupt
+                    }
+                })
+                .collect())
         })?;
-        let fetched: Vec<Fetched> = raws
-            .into_par_iter()
-            .zip(digests.par_iter())
-            .map(|(raw, d)| {
-                let bytes = match raw {
-                    Raw::Absent => return Fetched::Absent,
-                    Raw::Inline(b) => b,
-                    Raw::External => match fs::read(self.external_path(&d.hash)) {
-                        Ok(b) => b,
-                        Err(_) => return Fetched::Corrupt,
-                    },
-                };
-                if hash_bytes(self.digest_fn, &bytes) == *d {
-                    Fetched::Found(bytes)
-                } else {
-                    Fetched::Corrupt
-                }
-            })
-            .collect();
-        let corrupt: Vec<Digest> = fetched
-            .iter()
-            .zip(digests)
-            .filter(|(f, _)| matches!(f, Fetched::Corrupt))
-            .map(|(_, d)| *d)
-            .collect();
+        let corrupt: Vec<Digest> =
+            filled.iter().zip(digests).filter(|(f, _)| **f == Filled::Corrupt).map(|(_, d)| *d).collect();
         if !corrupt.is_empty() {
             self.remove(&corrupt)?;
         }
-        self.touch(fetched.iter().zip(digests).filter(|(f, _)| matches!(f, Fetched::Found(_))).map(|(_, d)| d.hash))?;
-        Ok(fetched)
+        self.touch(filled.iter().zip(digests).filter(|(f, _)| **f == Filled::Found).map(|(_, d)| d.hash))?;
+        Ok(filled)
     }
 
     pub fn contains_many(&self, digests: &[Digest]) -> Result<Vec<bool>> {
