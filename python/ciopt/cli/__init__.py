@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "keygen": "ciopt.cli.remote:keygen",
     "affected": "ciopt.cli.affected:affected",
     "graph": "ciopt.cli.affected:graph",
+    "tailor": "ciopt.cli.tailor:tailor",
 }
 
 

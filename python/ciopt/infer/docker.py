@@ -280,6 +280,9 @@ class _Context:
     def match(self, source: str, excludes: list[re.Pattern[str]]) -> list[str]:
         """Workspace files a COPY/ADD source takes (empty when it matches nothing)."""
         pattern = _clean(source)
+        # `--exclude` patterns apply to paths as copied: relative to a directory source,
+        # or to the directory a file or glob source sits in.
+        base = posixpath.dirname(pattern)
         if not pattern:
             hits = list(self.sorted)  # "." : the whole context
         elif not _has_magic(pattern):
@@ -287,6 +290,7 @@ class _Context:
                 hits = [pattern]
             else:
                 hits = self._under(pattern)
+                base = pattern
         else:
             rx = _segment_regex(pattern, double_star=True)
             if rx is None:
@@ -299,7 +303,9 @@ class _Context:
                 if rx.fullmatch(rel) or (len(parts) > depth and rx.fullmatch("/".join(parts[:depth]))):
                     hits.append(rel)
         if excludes:
-            hits = [h for h in hits if not any(any(rx.fullmatch(p) for p in _prefixes(h)) for rx in excludes)]
+            cut = len(base) + 1 if base else 0
+            hits = [h for h in hits
+                    if not any(rx.fullmatch(p) for rx in excludes for p in _prefixes(h[cut:]))]
         if self.ignore is not None:
             hits = [h for h in hits if not self.ignore.excludes(h)]
         return [self.files[h] for h in hits]

@@ -25,6 +25,7 @@ from ciopt._native import IMPORT_UNRESOLVED
 from ciopt.infer.extract import extract_cached
 from ciopt.graph.label import Label
 from ciopt.graph.target import Location, TargetDecl
+from ciopt.infer.targets import InferredTarget
 from ciopt.infer.resolve import ModuleIndex, PythonResolver, conftests_for, detect_source_roots, read_pytest_settings
 
 GRAPH_CACHE_VERSION = "ciopt-file-graph-v1"
@@ -135,9 +136,10 @@ def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: 
         edges[t].update(conftests_for(t, all_files))
 
     if js:
-        from ciopt.infer.javascript import load_tsconfigs, resolve_js, tsconfig_for
+        from ciopt.infer.javascript import load_js_packages, load_tsconfigs, resolve_js, tsconfig_for
 
         configs = load_tsconfigs(root, all_files)
+        packages = load_js_packages(root, all_files)
         for path in js:
             deps = edges.setdefault(path, set())
             cfg = tsconfig_for(path, configs)
@@ -145,7 +147,7 @@ def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: 
                 if flags & IMPORT_UNRESOLVED:
                     unresolved.append((path, line, module))
                 else:
-                    deps.update(resolve_js(path, module, all_files, cfg))
+                    deps.update(resolve_js(path, module, all_files, cfg, packages))
         tests += sorted(p for p in js if any(fnmatch.fnmatchcase(p.rpartition("/")[2], pat)
                                              for pat in JS_TEST_PATTERNS) or "/__tests__/" in f"/{p}")
     if sh:
@@ -158,16 +160,16 @@ def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: 
                     unresolved.append((path, line, module))
                 else:
                     deps.update(resolve_shell(path, module, all_files))
-    dockerfiles = [p for p in files if _is_dockerfile(p)]
-    if dockerfiles:
-        from ciopt.infer.docker import dockerfile_deps
+    from ciopt.infer.docker import dockerfile_deps, is_dockerfile, reader_for
 
+    dockerfiles = [p for p in files if is_dockerfile(p)]
+    if dockerfiles:
+        read = reader_for(root)
         for path in dockerfiles:
-            try:
-                text = (root / path).read_text(encoding="utf-8", errors="replace")
-            except OSError:
+            text = read(path)
+            if text is None:
                 continue
-            found = dockerfile_deps(path, text, all_files)
+            found = dockerfile_deps(path, text, all_files, read=read)
             edges.setdefault(path, set()).update(found.files)
             unresolved.extend((path, line, t) for line, t in found.unresolved)
 
@@ -178,11 +180,6 @@ def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: 
         external={f: sorted(e) for f, e in sorted(external.items())},
         source_roots=list(roots),
     )
-
-
-def _is_dockerfile(path: str) -> bool:
-    name = path.rpartition("/")[2]
-    return name in ("Dockerfile", "Containerfile") or name.startswith("Dockerfile.") or name.endswith(".dockerfile")
 
 
 # ---- targets from the file graph ----------------------------------------------------------
@@ -260,3 +257,75 @@ def add_inferred_deps(targets: dict[Label, TargetDecl], files: FileGraph) -> dic
         if deps:
             out[label] = TargetDecl(t.kind, label, {**t.attrs, "inferred_deps": tuple(sorted(deps))}, t.location)
     return out
+
+
+def infer_targets(root: Path, store: Store | None, source_roots: tuple[str, ...] | None = None) -> list[InferredTarget]:
+    """What `ciopt tailor` writes: every Python module and test as a target, deps from imports.
+
+    Declared deps must be acyclic, imports need not be: a dep inside an import cycle is left
+    out of the BUILD file (inference still adds it when loading), so tailored files always load.
+    """
+    from ciopt.graph.target_graph import scan_sources
+
+    sources = scan_sources(root, store)
+    files = build_file_graph(root, sources.digests, store, source_roots)
+    label_of = {p: inferred_label(p) for p in files.edges if p.endswith(".py")}
+    decls = inferred_targets(files, ())
+    deps_of: dict[Label, set[Label]] = {}
+    for decl in decls:
+        src = decl.attrs["srcs"][0].path
+        deps_of[decl.label] = {l for d in files.edges.get(src, ()) if (l := label_of.get(d)) is not None
+                               and l != decl.label}
+    component = _strongly_connected(deps_of)
+    out: list[InferredTarget] = []
+    for decl in decls:
+        keep = [d for d in deps_of[decl.label] if component[d] != component[decl.label]]
+        deps = sorted((d.relative_to(decl.label.package) for d in keep), key=lambda x: (not x.startswith(":"), x))
+        out.append(InferredTarget(decl.label.package, decl.label.name, decl.kind,  # type: ignore[arg-type]
+                                  [decl.attrs["srcs"][0].name], deps))
+    return out
+
+
+def _strongly_connected(graph: dict[Label, set[Label]]) -> dict[Label, int]:
+    """Tarjan's algorithm, iterative (import chains are deep): node -> component id."""
+    index: dict[Label, int] = {}
+    low: dict[Label, int] = {}
+    on_stack: set[Label] = set()
+    stack: list[Label] = []
+    comp: dict[Label, int] = {}
+    counter = 0
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.get(start, ()))))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in graph:
+                    continue
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    comp[member] = index[node]
+                    if member == node:
+                        break
+    return comp

@@ -126,7 +126,7 @@ def _norm(path: str) -> str | None:
     p = posixpath.normpath(path) if path else "."
     if p == ".":
         return ""
-    if p == ".." or p.startswith("../") or p.startswith("/"):
+    if p == ".." or p.startswith(("../", "/")):
         return None
     return p
 
@@ -284,13 +284,18 @@ def load_js_packages(root: Path, files: frozenset[str]) -> JsPackages:
 # --------------------------------------------------------------------------- resolution
 
 def _with_companions(hit: str, files: frozenset[str]) -> list[str]:
-    """A resolved JS file plus its .d.ts beside it, if any."""
+    """A resolved file plus its JS/declaration twin: "x.js" with "x.d.ts" beside it, or
+    "x.d.ts" with "x.js". TypeScript reads one, the runtime the other; both are inputs."""
     out = [hit]
     for js_ext, dts_ext in _DECLARATION_FOR.items():
-        if hit.endswith(js_ext) and not hit.endswith(".d" + js_ext):
-            dts = hit[: -len(js_ext)] + dts_ext
-            if dts in files:
-                out.append(dts)
+        if hit.endswith(dts_ext):
+            twin = hit[: -len(dts_ext)] + js_ext
+        elif hit.endswith(js_ext):
+            twin = hit[: -len(js_ext)] + dts_ext
+        else:
+            continue
+        if twin in files and twin not in out:
+            out.append(twin)
     return out
 
 
@@ -348,10 +353,10 @@ def _match_paths(spec: str, paths: Mapping[str, list[str]]) -> list[str]:
         if pattern.count("*") != 1:
             continue
         prefix, suffix = pattern.split("*")
-        if spec.startswith(prefix) and spec.endswith(suffix) and len(spec) >= len(prefix) + len(suffix):
-            if best is None or len(prefix) > best[0]:
-                star = spec[len(prefix): len(spec) - len(suffix)]
-                best = (len(prefix), [t.replace("*", star, 1) for t in targets])
+        fits = spec.startswith(prefix) and spec.endswith(suffix) and len(spec) >= len(prefix) + len(suffix)
+        if fits and (best is None or len(prefix) > best[0]):
+            star = spec[len(prefix): len(spec) - len(suffix)]
+            best = (len(prefix), [t.replace("*", star, 1) for t in targets])
     return best[1] if best else []
 
 

@@ -21,7 +21,7 @@ _DYNAMIC = ("$", "`", "~")
 
 def _inside(path: str) -> str | None:
     p = posixpath.normpath(path)
-    if p in (".", "..") or p.startswith("../") or p.startswith("/"):
+    if p in (".", "..") or p.startswith(("../", "/")):
         return None
     return p
 

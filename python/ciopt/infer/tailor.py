@@ -17,6 +17,8 @@ A second run finds every entry present and changes nothing (idempotent).
 
 from __future__ import annotations
 
+import ast
+import itertools
 import json
 import os
 import posixpath
@@ -37,6 +39,7 @@ __all__ = [
     "HEADER",
     "BuildFileChange",
     "TailorError",
+    "TailorPlan",
     "apply_changes",
     "new_build_source",
     "plan_tailor",
@@ -55,6 +58,22 @@ class TailorError(UserError):
     def __init__(self, path: str, line: int, column: int, message: str) -> None:
         self.path, self.line, self.column, self.message = path, line, column, message
         super().__init__(f"{path}:{line}:{column}: {message}")
+
+
+@dataclass(frozen=True)
+class TailorPlan:
+    """What a run would do: the BUILD files to write, and notes about targets left alone."""
+
+    changes: list[BuildFileChange]
+    notes: list[str]
+
+    @property
+    def created(self) -> list[str]:
+        return [c.path for c in self.changes if c.created]
+
+    @property
+    def updated(self) -> list[str]:
+        return [c.path for c in self.changes if not c.created]
 
 
 @dataclass(frozen=True)
@@ -97,10 +116,16 @@ def _canon_dep(value: str, package: str) -> str:
 
 
 def _relative_dep(value: str, package: str) -> str:
+    """buildifier's spelling: ":name" in the same package, "//a/b" for "//a/b:b"."""
     try:
-        return Label.parse(value, package).relative_to(package)
+        label = Label.parse(value, package)
     except ValueError:
         return value
+    if label.package == package:
+        return f":{label.name}"
+    if label.package and label.name == label.package.rsplit("/", 1)[-1]:
+        return f"//{label.package}"
+    return str(label)
 
 
 _CANON: dict[str, Callable[[str, str], str]] = {"srcs": _canon_src, "deps": _canon_dep}
@@ -232,7 +257,7 @@ def _merge_list(
 
     values = [_string_value(e.value) for e in elements]
     in_order = all(v is not None for v in values) and all(
-        _sort_key(a) <= _sort_key(b) for a, b in zip(values, values[1:])  # type: ignore[arg-type]
+        _sort_key(a) <= _sort_key(b) for a, b in itertools.pairwise(values)  # type: ignore[arg-type]
     )
 
     def leading(i: int) -> Sequence[cst.EmptyLine]:
@@ -244,10 +269,10 @@ def _merge_list(
         return s.first_line if isinstance(s, cst.ParenthesizedWhitespace) else _newline()
 
     items = [_Item(e, leading(k), trailing(k + 1)) for k, e in enumerate(elements)]
-    tail = leading(n)  # comment lines after the last element, before "]"
+    tail = leading(len(seps) - 1)  # comment lines after the last element, before "]"
     opening = trailing(0)  # a comment right after "["
-    if n == 0 and isinstance(seps[0], cst.ParenthesizedWhitespace):
-        tail = [*seps[0].empty_lines, *tail]  # `[\n  # nothing yet\n]`
+    if n == 0:
+        tail = [*leading(0), *tail]  # `[\n  # nothing yet\n]`: the comment sits after "["
     for w in missing:
         new = _Item(cst.Element(cst.SimpleString(_quote(w))), [], _newline())
         if in_order:
@@ -366,6 +391,22 @@ def _update_call(call: cst.Call, target: InferredTarget) -> cst.Call:
     return call
 
 
+def _callee(call: cst.Call) -> str | None:
+    func = call.func
+    if isinstance(func, cst.Name):
+        return func.value
+    if isinstance(func, cst.Attribute):  # native.py_library
+        return func.attr.value
+    return None
+
+
+def _same_kind(call: cst.Call, kind: str) -> bool:
+    """Whether an existing call declares the inferred rule kind: the rule itself, or a
+    wrapper macro named after it (`my_py_test`)."""
+    callee = _callee(call)
+    return callee is not None and (callee == kind or callee.endswith("_" + kind))
+
+
 def _top_level_calls(module: cst.Module) -> dict[str, tuple[int, cst.Call]]:
     """name -> (statement index, call) for top-level `rule(name = "...", ...)` statements."""
     found: dict[str, tuple[int, cst.Call]] = {}
@@ -391,16 +432,40 @@ def _parse(source: str, path: str) -> cst.Module:
     try:
         return cst.parse_module(source)
     except cst.ParserSyntaxError as e:
-        # libcst's own position is sometimes that of the enclosing statement; the
-        # native parser's message carries the exact one.
-        m = _ERROR_AT.search(e.message)
-        line, column = (int(m.group(1)), int(m.group(2))) if m else (e.editor_line, e.editor_column)
-        detail = _ERROR_AT.sub("", e.message.splitlines()[0]).replace("parser error:", "").strip(" :")
-        raise TailorError(path, line, column, f"cannot parse BUILD file: {detail or 'syntax error'}") from None
+        line, column, detail = _error_position(source, e)
+        raise TailorError(path, line, column, f"cannot parse BUILD file: {detail}") from None
 
 
-def update_build_source(source: str, targets: Sequence[InferredTarget], path: str = "BUILD") -> str:
-    """`source` (an existing BUILD file; `path` names it in errors) with `targets` applied."""
+def _error_position(source: str, e: cst.ParserSyntaxError) -> tuple[int, int, str]:
+    """(line, column, one-line reason) of a libcst parse failure.
+
+    libcst's tokenizer errors carry no position (they all say 1:1), and its parser
+    errors put the exact one only in the message. Starlark is a subset of Python, so
+    Python's own parser, when it also rejects the file, gives the best position and
+    wording; otherwise the message's "error at L:C", else libcst's location.
+    """
+    try:
+        ast.parse(source)
+    except SyntaxError as py:
+        if py.lineno is not None:
+            return py.lineno, py.offset or 1, py.msg
+    except (ValueError, RecursionError):
+        pass
+    m = _ERROR_AT.search(e.message)
+    line, column = (int(m.group(1)), int(m.group(2))) if m else (e.editor_line, e.editor_column)
+    detail = _ERROR_AT.sub("", e.message.splitlines()[0]).replace("parser error:", "").strip(" :")
+    return line, column, detail or "syntax error"
+
+
+def update_build_source(
+    source: str, targets: Sequence[InferredTarget], path: str = "BUILD", notes: list[str] | None = None
+) -> str:
+    """`source` (an existing BUILD file; `path` names it in errors) with `targets` applied.
+
+    A call with an inferred target's name but another rule kind (a genrule named like
+    a module) is the user's: it is left alone, nothing is appended (that would declare
+    the name twice), and a line saying so goes to `notes`.
+    """
     module = _parse(source, path)
     calls = _top_level_calls(module)
     body = list(module.body)
@@ -410,6 +475,11 @@ def update_build_source(source: str, targets: Sequence[InferredTarget], path: st
             appended.append(target)
             continue
         i, call = calls[target.name]
+        if not _same_kind(call, target.kind):
+            if notes is not None:
+                notes.append(f"{path}: {target.name!r} is declared by {_callee(call) or 'an expression'}(), "
+                             f"not {target.kind}; left as written")
+            continue
         new_call = _update_call(call, target)
         if new_call is not call:
             stmt = body[i]
@@ -440,7 +510,7 @@ def _under(package: str, prefix: str) -> bool:
     return prefix == "" or package == prefix or package.startswith(prefix + "/")
 
 
-def plan_tailor(root: Path, targets: Iterable[InferredTarget], under: str = "") -> list[BuildFileChange]:
+def plan_tailor(root: Path, targets: Iterable[InferredTarget], under: str = "") -> TailorPlan:
     """The BUILD files tailor would create or change, for packages at or below `under`.
 
     Raises TailorError when an existing BUILD file cannot be parsed.
@@ -450,6 +520,7 @@ def plan_tailor(root: Path, targets: Iterable[InferredTarget], under: str = "") 
         if _under(t.package, under):
             by_package.setdefault(t.package, []).append(t)
     changes: list[BuildFileChange] = []
+    notes: list[str] = []
     for package in sorted(by_package):
         directory = root / package if package else root
         existing = _build_file_for(directory)
@@ -460,10 +531,10 @@ def plan_tailor(root: Path, targets: Iterable[InferredTarget], under: str = "") 
         rel = existing.relative_to(root).as_posix()
         # Bytes, decoded without newline translation, so CRLF files stay CRLF.
         before = existing.read_bytes().decode("utf-8")
-        after = update_build_source(before, by_package[package], rel)
+        after = update_build_source(before, by_package[package], rel, notes)
         if after != before:
             changes.append(BuildFileChange(rel, before, after))
-    return changes
+    return TailorPlan(changes, notes)
 
 
 def apply_changes(root: Path, changes: Iterable[BuildFileChange]) -> None:
@@ -475,17 +546,9 @@ def apply_changes(root: Path, changes: Iterable[BuildFileChange]) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(change.after.encode("utf-8"))
-            if dest.exists():
-                os.chmod(tmp, dest.stat().st_mode & 0o7777)
-            else:
-                os.chmod(tmp, 0o666 & ~_umask())
+            # mkstemp creates 0600; a BUILD file is as readable as any source file.
+            os.chmod(tmp, dest.stat().st_mode & 0o7777 if dest.exists() else 0o644)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
