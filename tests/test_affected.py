@@ -124,7 +124,8 @@ def affected_json(cli: CliRunner, repo: Path, *args: str) -> dict:
 
 def commit_change(repo: Path, rel: str) -> None:
     with open(repo / rel, "a") as f:
-        f.write("\n# changed\n")
+        # Whitespace keeps data files (JSON) valid; a comment for code.
+        f.write("\n# changed\n" if rel.endswith((".py", ".txt", ".toml")) else "\n")
     git(repo, "commit", "-qam", f"change {rel}")
 
 
