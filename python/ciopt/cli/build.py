@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -16,11 +17,16 @@ def _common(f):
                      help="Actions run in parallel (default: execution.jobs, else one per CPU).")(f)
     f = click.option("--progress/--no-progress", default=None,
                      help="Live progress display (default: on when stderr is a terminal).")(f)
+    f = click.option("--remote", metavar="ADDR", default=None,
+                     help="Run actions on the executors of the `ciopt scheduler` at ADDR (tcp://HOST:PORT); "
+                          "default: remote_execution.scheduler when remote_execution.enabled. CurveZMQ keys "
+                          "come from $CIOPT_CURVE_SECRET and $CIOPT_SERVER_KEY.")(f)
     return output_option(f)
 
 
 def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None,
-         output: str, flaky_attempts: int | None = None, junit: Path | None = None) -> None:
+         output: str, flaky_attempts: int | None = None, junit: Path | None = None,
+         remote: str | None = None) -> None:
     from ciopt.cli.progress import Progress
     from ciopt.workspace import Workspace
 
@@ -36,9 +42,17 @@ def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: 
     def loaded(graph, actions, wanted) -> None:
         bar.start(len(actions.actions))
 
+    # A CI runner cancelling the job sends SIGTERM: stop the actions' process groups exactly
+    # as for Ctrl-C instead of leaving them running in their own sessions.
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+
     try:
         result = ws._run(command, list(patterns), jobs=jobs, keep_going=keep_going, flaky_attempts=flaky_attempts,
-                         listener=bar.event, on_loaded=loaded)
+                         listener=bar.event, on_loaded=loaded, remote=remote,
+                         warn=lambda m: click.echo(f"ciopt: warning: {m}", err=True))
     finally:
         bar.stop()
     if junit is not None:
@@ -65,7 +79,7 @@ def _summary(result, show_failures: bool) -> None:
     c = result.counts()
     elapsed = result.finished_at - result.started_at
     err.write(f"{'FAILED' if result.exit_code else 'OK'}: {c['actions']} actions: {c['executed']} executed, "
-              f"{c['cached_local']} cached, {c['failed']} failed, {c['skipped']} skipped "
+              f"{c['cached_local'] + c['cached_remote']} cached, {c['failed']} failed, {c['skipped']} skipped "
               f"in {elapsed:.2f}s (loading {result.loading_s:.2f}s)\n")
     if result.command == "test":
         t = result.test_counts()
@@ -83,7 +97,8 @@ def _summary(result, show_failures: bool) -> None:
 @click.argument("patterns", nargs=-1, required=True)
 @_common
 @click.option("-k", "--keep-going", is_flag=True, help="Keep building what does not depend on a failure.")
-def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None, output: str) -> None:
+def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None, output: str,
+          remote: str | None) -> None:
     """Build targets: //pkg:name, //pkg/..., //pkg:all, or :name relative to the current directory.
 
     Each action runs in a fresh directory holding only its declared inputs; results are
@@ -94,9 +109,10 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progres
       ciopt build //...
       ciopt build //app:bundle -j 8 --keep-going
       ciopt build //... -o json | jq '.summary'
+      ciopt build //... --remote tcp://ci-scheduler:5555 -j 16
     Exit: 0 success, 1 an action failed, 2 bad BUILD file, pattern or configuration.
     """
-    _run("build", patterns, jobs, keep_going, progress, output)
+    _run("build", patterns, jobs, keep_going, progress, output, remote=remote)
 
 
 @click.command()
@@ -107,7 +123,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progres
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a JUnit XML report to this file.")
 def test(patterns: tuple[str, ...], jobs: int | None, progress: bool | None, output: str,
-         flaky_attempts: int | None, junit: Path | None) -> None:
+         flaky_attempts: int | None, junit: Path | None, remote: str | None) -> None:
     """Run test targets (py_test, sh_test, test_suite) matched by the patterns.
 
     A test that passed with exactly the same inputs is not run again: its cached result
@@ -120,7 +136,7 @@ def test(patterns: tuple[str, ...], jobs: int | None, progress: bool | None, out
       ciopt test //api/... --flaky-attempts 3 --junit reports/junit.xml
     Exit: 0 all passed, 1 a test failed, 2 bad input.
     """
-    _run("test", patterns, jobs, True, progress, output, flaky_attempts, junit)
+    _run("test", patterns, jobs, True, progress, output, flaky_attempts, junit, remote)
 
 
 @click.command()

@@ -344,8 +344,12 @@ _NOT_FOUND = re.compile(r"Variable `(?P<name>[^`]+)` not found(?:, did you mean 
 
 
 class _Evaluation:
-    def __init__(self, path: Path, package: str, display: str, source: str, time_limit_s: float) -> None:
+    def __init__(self, path: Path, package: str, display: str, source: str, time_limit_s: float,
+                 visible: frozenset[str] | None = None) -> None:
         self.path = path
+        # Package-relative files glob() may return: the workspace's source files (gitignored
+        # ones excluded), so a glob never names a file the build cannot see. None: the disk.
+        self.visible = visible
         self.time_limit_s = time_limit_s
         self.package = package
         self.display = display
@@ -373,7 +377,8 @@ class _Evaluation:
         includes = _pattern_list("include", include)
         excludes = _pattern_list("exclude", [] if exclude is None else exclude)
         try:
-            return glob_files(self.path.parent, includes, excludes)
+            found = glob_files(self.path.parent, includes, excludes)
+            return found if self.visible is None else [f for f in found if f in self.visible]
         except ValueError as e:
             raise _GlobError(f"glob(): {e}") from None
 
@@ -497,6 +502,7 @@ def evaluate_build_file(
     *,
     display_path: str | None = None,
     time_limit_s: float = EVAL_TIME_LIMIT_S,
+    visible: frozenset[str] | None = None,
 ) -> list[TargetDecl]:
     """Evaluate the BUILD file at `path`, the package `package` ("" = root); targets in call order.
 
@@ -515,7 +521,7 @@ def evaluate_build_file(
     except UnicodeDecodeError as e:
         raise BuildFileError(f"BUILD file is not UTF-8: {e.reason}", display) from None
 
-    evaluation = _Evaluation(path, package, display, source, time_limit_s)
+    evaluation = _Evaluation(path, package, display, source, time_limit_s, visible)
     module = sl.Module()
     module.add_callable("_ciopt_rule", evaluation.rule)
     module.add_callable("glob", evaluation.glob)

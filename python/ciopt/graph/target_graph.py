@@ -95,7 +95,9 @@ class TargetGraph:
                 # Only here, on a miss: the Starlark interpreter costs more to import than a no-op build.
                 from ciopt.graph.build_file import evaluate_build_file
 
-                decls = evaluate_build_file(root / build_path, package, display_path=build_path)
+                prefix = package + "/" if package else ""
+                visible = frozenset(p[len(prefix):] for p in listings.get(package, []))
+                decls = evaluate_build_file(root / build_path, package, display_path=build_path, visible=visible)
                 evaluated += 1
                 if store is not None:
                     store.action_put(key, pickle.dumps(decls, protocol=pickle.HIGHEST_PROTOCOL))
@@ -121,6 +123,11 @@ class TargetGraph:
         # A genrule's output file is a target too (`//pkg:out.txt`): depending on it depends on the genrule.
         self.output_files = {Label(l.package, out): l for l, t in self.targets.items() if t.kind == "genrule"
                              for out in t.attrs["outs"]}
+        for out, producer in self.output_files.items():
+            # Bazel's rule too: otherwise dependents would silently get the generated file.
+            if out.path in self.sources.digests:
+                raise GraphError(f"{self.targets[producer].location}: genrule {producer}: output '{out.name}' "
+                                 f"has the same path as the source file {out.path}")
         explicit: dict[Label, tuple[Label, ...]] = {}
         for label, target in self.targets.items():
             deps: list[Label] = []
