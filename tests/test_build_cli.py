@@ -754,7 +754,7 @@ def test_ctrl_c_during_ciopt_test(cli: CliRunner, tmp_path: Path) -> None:
     try:
         assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != ""), "no child started"
         child = int(pid_file.read_text())
-        proc.send_signal(sig)
+        proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
