@@ -312,3 +312,17 @@ def test_tailor_writes_loadable_build_files_even_with_import_cycles(cli: CliRunn
     deps = cli("query", "deps(//pkg:c)", cwd=ws, check=True).stdout.split()
     assert {"//pkg:a", "//pkg:b", "//pkg:c"} <= set(deps)
     assert cli("test", "//pkg:test_c", cwd=ws).returncode == 0
+
+
+def test_a_git_repository_nested_in_a_workspace_is_its_own_workspace(cli: CliRunner, tmp_path: Path) -> None:
+    outer = tmp_path / "outer"
+    write(outer, {"config/ci-optimization.yaml": "enabled: true\n", "outer.py": ""})
+    git(outer, "init", "-q", "-b", "main")
+    inner = outer / "vendor" / "inner"
+    write(inner, {"a.py": "X = 1\n", "test_a.py": "import a\n\ndef test_a():\n    assert a.X\n"})
+    git(inner, "init", "-q", "-b", "main")
+    git(inner, "add", "-A")
+    git(inner, "commit", "-qm", "inner")
+    (inner / "a.py").write_text("X = 2\n")
+    doc = affected_json(cli, inner, "--base", "HEAD")
+    assert doc["changed_files"] == ["a.py"] and doc["test_files"] == ["test_a.py"]

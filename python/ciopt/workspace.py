@@ -16,20 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ciopt import Store, __version__
-from ciopt.analytics.records import ActionRecord, RecordWriter, critical_path
 from ciopt.config import Config, load_config
-from ciopt.exec.engine import OUT_DIR, ActionOutcome, Engine, EngineOptions, Listener, log_tail
-from ciopt.graph.action_graph import ActionGraph, toolchain_fingerprint
 from ciopt.graph.label import Label
-from ciopt.graph.query import run_query
 from ciopt.graph.target_graph import TargetGraph
 from ciopt.workspace_root import find_workspace_root
 
-if TYPE_CHECKING:
-    from ciopt.remote.client import RemoteExecutor
-
+# The engine, analytics and analysis load only when a build runs: `ciopt graph`, `affected`
+# and `query` start faster without them.
 if TYPE_CHECKING:
     from ciopt.affected import AffectedResult
+    from ciopt.exec.engine import ActionOutcome, Listener
+    from ciopt.graph.action_graph import ActionGraph
+    from ciopt.remote.client import RemoteExecutor
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -152,6 +150,8 @@ class Workspace:
         return "" if str(rel) == "." else rel.as_posix()
 
     def query(self, expr: str, cwd: Path | None = None) -> list[Label]:
+        from ciopt.graph.query import run_query
+
         return run_query(self.load(), expr, self.package_of(cwd or Path.cwd()))
 
     def affected(self, base: str, head: str | None = None) -> AffectedResult:
@@ -170,6 +170,10 @@ class Workspace:
              flaky_attempts: int | None = None, listener: Listener | None = None, cwd: Path | None = None,
              on_loaded: "callable | None" = None, remote: str | None = None,
              warn: "callable | None" = None) -> BuildResult:
+        from ciopt.analytics.records import ActionRecord, RecordWriter, critical_path
+        from ciopt.exec.engine import Engine, EngineOptions
+        from ciopt.graph.action_graph import ActionGraph, toolchain_fingerprint
+
         started = time.time()
         graph = self.load()
         matched = graph.expand(patterns, self.package_of(cwd or Path.cwd()))
@@ -189,7 +193,7 @@ class Workspace:
         attempts = flaky_attempts or self.config.execution.flaky_attempts
         digest = self.store.digest_function if self.store is not None else "blake3"
         toolchain = toolchain_fingerprint(graph.sources.digests)
-        remote_executor = self._remote_executor(remote, actions, toolchain, warn)
+        remote_executor = self._remote_executor(remote, actions, graph, toolchain, warn)
         engine = Engine(self.root, actions, graph.sources, self.store, toolchain,
                         EngineOptions(jobs=jobs, keep_going=keep_going, flaky_attempts=attempts, digest=digest),
                         listener, executor=remote_executor)
@@ -226,19 +230,24 @@ class Workspace:
             records.close()
         return result
 
-    def _remote_executor(self, address: str | None, actions: ActionGraph, toolchain: str,
+    def _remote_executor(self, address: str | None, actions: ActionGraph, graph: TargetGraph, toolchain: str,
                          warn: "callable | None") -> "RemoteExecutor | None":
         """The remote executor for `--remote ADDR` (or remote_execution in config); None = run locally."""
         rx = self.config.remote_execution
         address = address or (rx.scheduler if self.config.use_remote_execution else None)
         if not address:
             return None
+        from ciopt.exec.engine import OUT_DIR
         from ciopt.remote.client import open_remote_executor
 
+        # The source files actions read, so the client can ask the scheduler about all of them at once.
+        digests = graph.sources.digests
+        sources = {digests[p]: self.root / p for a in actions.actions.values() for p in a.inputs
+                   if p not in actions.producers and p in digests}
         return open_remote_executor(
             address, self.store, self.root / OUT_DIR, toolchain, fallback_to_local=rx.fallback_to_local,
             heartbeat_s=rx.heartbeat_s, heartbeat_timeout_s=rx.heartbeat_timeout_s,
-            priorities=actions.critical_path_lengths(), warn=warn or (lambda m: None))
+            priorities=actions.critical_path_lengths(), warn=warn or (lambda m: None), sources=sources)
 
 
-__all__ = ["BuildResult", "Workspace", "log_tail"]
+__all__ = ["BuildResult", "Workspace"]

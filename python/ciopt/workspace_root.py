@@ -1,8 +1,9 @@
 """Finding the workspace root from a directory inside it.
 
 The root is the nearest ancestor (the start included) holding
-`config/ci-optimization.yaml`; failing that, the root of the git work tree
-the start lies in. A directory that is in neither has no workspace: callers
+`config/ci-optimization.yaml`, not looking past the enclosing git work tree
+(a repository nested in another workspace is its own); failing that, the
+root of the git work tree the start lies in. A directory that is in neither has no workspace: callers
 that can do without one (`ciopt config show`) fall back to the current
 directory themselves.
 """
@@ -57,6 +58,10 @@ def find_workspace_root(start: Path) -> Path:
         here = here.parent
     for directory in (here, *here.parents):
         if (directory / CONFIG_RELPATH).is_file():
+            return directory
+        # A git repository is a boundary: a repository nested inside another workspace
+        # (a checkout under a build tree, a corpus in benches/) is its own workspace.
+        if (directory / ".git").exists():
             return directory
     top = git_toplevel(here) if here.is_dir() else None
     if top is None:

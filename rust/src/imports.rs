@@ -279,27 +279,41 @@ fn python_dynamic(call: Node, src: &[u8], flags: u32, out: &mut Vec<Import>) {
     }
     let Some(args) = call.child_by_field_name("arguments") else { return };
     let mut c = args.walk();
-    let positional: Vec<Node> = args.named_children(&mut c).filter(|a| a.kind() != "keyword_argument").collect();
+    let children: Vec<Node> = args.named_children(&mut c).collect();
+    let positional: Vec<Node> = children.iter().copied().filter(|a| a.kind() != "keyword_argument").collect();
     let Some(first) = positional.first() else { return };
-    match string_literal(*first, src) {
-        Some(lit) => {
-            let level = lit.chars().take_while(|&ch| ch == '.').count() as u32;
-            out.push(Import {
-                module: lit[level as usize..].to_string(),
-                level,
-                names: vec![],
-                line: line(call),
-                flags: flags | DYNAMIC,
-            });
-        }
-        None => out.push(Import {
+    let unresolved = |out: &mut Vec<Import>| {
+        out.push(Import {
             module: text(call, src).to_string(),
             level: 0,
             names: vec![],
             line: line(call),
             flags: flags | DYNAMIC | UNRESOLVED,
-        }),
+        })
+    };
+    let Some(lit) = string_literal(*first, src) else { return unresolved(out) };
+    let level = lit.chars().take_while(|&ch| ch == '.').count();
+    if level == 0 {
+        out.push(Import { module: lit, level: 0, names: vec![], line: line(call), flags: flags | DYNAMIC });
+        return;
     }
+    // A relative name is resolved against the `package` argument (import_module's second
+    // positional or `package=`), not against the calling file: only a literal package can be followed.
+    let package = positional.get(1).copied().or_else(|| {
+        children.iter().copied().find(|k| {
+            k.kind() == "keyword_argument" && k.child_by_field_name("name").is_some_and(|n| text(n, src) == "package")
+        })
+        .and_then(|k| k.child_by_field_name("value"))
+    });
+    let Some(pkg) = package.and_then(|p| string_literal(p, src)) else { return unresolved(out) };
+    let mut parts: Vec<&str> = pkg.split('.').filter(|p| !p.is_empty()).collect();
+    if level - 1 > parts.len() {
+        return unresolved(out);
+    }
+    parts.truncate(parts.len() - (level - 1));
+    let rest = &lit[level..];
+    let module = if rest.is_empty() { parts.join(".") } else if parts.is_empty() { rest.to_string() } else { format!("{}.{rest}", parts.join(".")) };
+    out.push(Import { module, level: 0, names: vec![], line: line(call), flags: flags | DYNAMIC });
 }
 
 // ---- JavaScript / TypeScript ------------------------------------------------------------
@@ -425,6 +439,26 @@ mod tests {
             ]
         );
         assert_eq!(got[8].line, 13);
+    }
+
+    #[test]
+    fn relative_import_module_uses_its_package_argument() {
+        let got = py("import importlib\n\
+                      importlib.import_module('.management', 'django.core')\n\
+                      importlib.import_module('..x', package='a.b.c')\n\
+                      importlib.import_module('.management', app.name)\n\
+                      importlib.import_module('.orphan')\n");
+        let brief: Vec<(&str, u32, u32)> = got.iter().map(|i| (i.module.as_str(), i.level, i.flags)).collect();
+        assert_eq!(
+            brief,
+            vec![
+                ("importlib", 0, 0),
+                ("django.core.management", 0, DYNAMIC),
+                ("a.b.x", 0, DYNAMIC),
+                ("importlib.import_module('.management', app.name)", 0, DYNAMIC | UNRESOLVED),
+                ("importlib.import_module('.orphan')", 0, DYNAMIC | UNRESOLVED),
+            ]
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: 
 
 
 def _summary(result, show_failures: bool) -> None:
-    from ciopt.workspace import log_tail
+    from ciopt.exec.engine import log_tail
 
     err = sys.stderr
     if show_failures:

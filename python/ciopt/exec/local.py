@@ -45,6 +45,7 @@ class ExecResult:
     # Declared outputs, already in the local store (when there is one) and under ciopt-out/.
     outputs: dict[str, OutputFile] = field(default_factory=dict)
     error: str | None = None  # the command succeeded but its outputs are wrong
+    cached_remote: bool = False  # a remote executor's scheduler answered from its ActionCache
 
     @property
     def ok(self) -> bool:
@@ -111,7 +112,9 @@ class LocalExecutor:
 
 def action_env(action: Action, tmp: Path) -> dict[str, str]:
     """The environment an action sees: fixed basics, then its declared env."""
-    python_bin = os.path.dirname(os.path.realpath(sys.executable))
+    # abspath, not realpath: a venv's bin/python is a symlink to the base interpreter, and
+    # resolving it would run tests without the venv's packages (pytest, the project's deps).
+    python_bin = os.path.dirname(os.path.abspath(sys.executable))
     env = {
         "PATH": f"{python_bin}:{BASE_PATH}",
         "HOME": str(tmp),
