@@ -4,7 +4,7 @@
 //! kernel pages them in without a copy, and very large ones are hashed with BLAKE3's
 //! multi-threaded tree mode.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -12,6 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use sha2::Digest as _;
+
+use crate::b3many;
 
 /// Files at or above this size are memory-mapped instead of read.
 const MMAP_THRESHOLD: u64 = 256 * 1024;
@@ -101,10 +103,30 @@ pub fn hash_bytes(f: DigestFn, data: &[u8]) -> Digest {
     Digest { hash, size: data.len() as u64 }
 }
 
+/// Digests of many byte strings. With BLAKE3, inputs under 16 KiB are hashed together so
+/// that their chunks share SIMD lanes (`b3many`); longer ones fill the lanes on their own.
+pub fn hash_bytes_many(f: DigestFn, inputs: &[&[u8]]) -> Vec<Digest> {
+    if f != DigestFn::Blake3 {
+        return inputs.iter().map(|d| hash_bytes(f, d)).collect();
+    }
+    let small: Vec<&[u8]> = inputs.iter().copied().filter(|d| d.len() < b3many::BATCH_BELOW).collect();
+    let mut hashes = vec![[0u8; 32]; small.len()];
+    b3many::hash_batch(&small, &mut hashes);
+    let mut hashes = hashes.into_iter();
+    inputs
+        .iter()
+        .map(|d| match d.len() < b3many::BATCH_BELOW {
+            true => Digest { hash: hashes.next().expect("one hash per small input"), size: d.len() as u64 },
+            false => hash_bytes(f, d),
+        })
+        .collect()
+}
+
 thread_local! {
     // Reused across files on the same rayon worker so small-file hashing never allocates
-    // (and never zeroes: the buffer stays initialised at its high-water length).
+    // (and never zeroes: the buffers stay initialised at their high-water length).
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static BATCH_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// Hashes the file at `path` (following symlinks, as b3sum and sha256sum do).
@@ -112,10 +134,9 @@ pub fn hash_path(f: DigestFn, path: &Path) -> io::Result<Digest> {
     open_and_hash(f, path, true).map(|(d, _)| d)
 }
 
-/// Opens `path` and hashes it: open, fstat, read, close for a small file and nothing else.
-/// With `follow` false a symlink is refused (ELOOP) instead of followed. Returns the
-/// metadata of the opened file (fstat), so callers need no separate stat.
-pub fn open_and_hash(f: DigestFn, path: &Path, follow: bool) -> io::Result<(Digest, Metadata)> {
+/// Opens `path`, refusing a directory. With `follow` false a symlink is refused (ELOOP)
+/// instead of followed. Returns the fstat of the opened file, so no separate stat is needed.
+fn open_file(path: &Path, follow: bool) -> io::Result<(File, Metadata)> {
     let mut opts = OpenOptions::new();
     opts.read(true);
     if !follow {
@@ -126,7 +147,50 @@ pub fn open_and_hash(f: DigestFn, path: &Path, follow: bool) -> io::Result<(Dige
     if meta.is_dir() {
         return Err(io::Error::from_raw_os_error(21 /* EISDIR */));
     }
+    Ok((file, meta))
+}
+
+/// Opens `path` and hashes it: open, fstat, read, close for a small file and nothing else.
+pub fn open_and_hash(f: DigestFn, path: &Path, follow: bool) -> io::Result<(Digest, Metadata)> {
+    let (file, meta) = open_file(path, follow)?;
     Ok((hash_open_file(f, file, meta.len())?, meta))
+}
+
+/// `open_and_hash` for a batch of paths on the calling thread: files small enough for
+/// `hash_bytes_many` are read into one buffer and hashed together at the end, so their
+/// chunks share SIMD lanes; the others are hashed as they come.
+pub fn open_and_hash_many<P: AsRef<Path>>(f: DigestFn, paths: &[P], follow: bool) -> Vec<io::Result<(Digest, Metadata)>> {
+    // Taken out of the thread-local rather than borrowed: hashing a huge file below may run
+    // other rayon tasks on this thread, and they get a buffer of their own.
+    let mut buf = BATCH_BUF.take();
+    let mut end = 0;
+    let mut out: Vec<io::Result<(Digest, Metadata)>> = Vec::with_capacity(paths.len());
+    let mut pending: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    for p in paths {
+        let res = open_file(p.as_ref(), follow).and_then(|(mut file, meta)| {
+            let len = meta.len();
+            if f == DigestFn::Blake3 && len < b3many::BATCH_BELOW as u64 {
+                let start = end;
+                end = read_whole(&mut file, &mut buf, start, len as usize)?;
+                pending.push((out.len(), start..end));
+                // Placeholder, replaced once the batch is hashed.
+                Ok((Digest { hash: [0; 32], size: 0 }, meta))
+            } else {
+                Ok((hash_open_file(f, file, len)?, meta))
+            }
+        });
+        out.push(res);
+    }
+    if !pending.is_empty() {
+        let views: Vec<&[u8]> = pending.iter().map(|(_, r)| &buf[r.clone()]).collect();
+        for ((i, _), d) in pending.iter().zip(hash_bytes_many(f, &views)) {
+            if let Ok((digest, _)) = &mut out[*i] {
+                *digest = d;
+            }
+        }
+    }
+    BATCH_BUF.set(buf);
+    out
 }
 
 /// Hashes an open file whose size (from fstat) is `len`.
@@ -139,29 +203,30 @@ pub fn hash_open_file(f: DigestFn, mut file: File, len: u64) -> io::Result<Diges
     }
     READ_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        let n = read_whole(&mut file, &mut buf, len as usize)?;
+        let n = read_whole(&mut file, &mut buf, 0, len as usize)?;
         Ok(hash_bytes(f, &buf[..n]))
     })
 }
 
-/// Reads the whole file into `buf` (which only ever grows) and returns its length.
+/// Reads the whole file into `buf` from offset `start` and returns where its bytes end.
+/// `buf` only ever grows and stays initialised, so reuse costs no zeroing.
 ///
 /// The first read asks for one byte more than fstat's size: a regular file that returns
 /// exactly `len` bytes for it is at EOF, so the common case costs one read(2). A file that
 /// grew or came back short keeps being read until read(2) returns 0.
-fn read_whole(file: &mut File, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
-    let want = len + 1;
+fn read_whole(file: &mut File, buf: &mut Vec<u8>, start: usize, len: usize) -> io::Result<usize> {
+    let want = start + len + 1;
     if buf.len() < want {
         buf.resize(want, 0);
     }
-    let mut filled = 0;
+    let mut filled = start;
     loop {
         let ask = if filled < want { want - filled } else { buf.len() - filled };
         match file.read(&mut buf[filled..filled + ask]) {
             Ok(0) => return Ok(filled),
             Ok(n) => {
                 filled += n;
-                if filled == len && n < ask {
+                if filled == start + len && n < ask {
                     return Ok(filled);
                 }
                 if filled == buf.len() {

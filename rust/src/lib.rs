@@ -1,6 +1,7 @@
 //! `ciopt._native`: hashing, Merkle trees and the LMDB store, exposed to Python.
 //! Every call that touches the filesystem or hashes bytes releases the GIL.
 
+pub mod b3many;
 pub mod hash;
 pub mod imports;
 pub mod scan;
@@ -9,6 +10,7 @@ pub mod store;
 pub mod tree;
 pub mod walk;
 
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -339,7 +341,7 @@ impl PyStore {
         // the objects are allocated here (sizes come from the store's rows, never from
         // the caller alone) and filled and verified in parallel without the GIL.
         let mut objs: Vec<Option<Bound<'py, PyBytes>>> = Vec::with_capacity(known.len());
-        let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(known.len());
+        let mut bufs: Vec<&mut [MaybeUninit<u8>]> = Vec::with_capacity(known.len());
         for (d, p) in known.iter().zip(&present) {
             if !*p {
                 objs.push(None);
@@ -349,12 +351,13 @@ impl PyStore {
             let len = isize::try_from(d.size).map_err(|_| PyValueError::new_err(format!("blob {d} is too large")))?;
             // SAFETY: a NULL source makes an uninitialised bytes object of `len` bytes, which
             // nothing else can see until we return it. Its buffer stays valid while `objs`
-            // holds the object, and is written only by fetch_into, each buffer by one thread.
-            // Objects whose blob turns out absent or corrupt are dropped unseen.
+            // holds the object, and is written only by fetch_into, each buffer by one thread;
+            // fetch_into initialises exactly the buffers it reports Found. Objects whose blob
+            // is absent or corrupt are dropped unseen.
             unsafe {
                 let obj = Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len))?
                     .downcast_into_unchecked::<PyBytes>();
-                let data = pyo3::ffi::PyBytes_AsString(obj.as_ptr()) as *mut u8;
+                let data = pyo3::ffi::PyBytes_AsString(obj.as_ptr()) as *mut MaybeUninit<u8>;
                 bufs.push(std::slice::from_raw_parts_mut(data, len as usize));
                 objs.push(Some(obj));
             }

@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::hash::{hash_bytes, open_and_hash, Digest, DigestFn};
+use crate::hash::{hash_bytes, open_and_hash_many, Digest, DigestFn};
 use crate::stat_cache::{now_ns, StatEntry};
 use crate::store::{Store, StoreError};
 use crate::tree::{merkle_root, Leaf, NodeKind};
 use crate::walk::{walk, Kind, WalkOptions};
+
+/// Files opened and hashed per parallel task.
+const READ_BATCH: usize = 32;
 
 #[derive(Debug)]
 pub enum ScanError {
@@ -48,13 +51,10 @@ pub struct FileDigest {
 pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follow: bool) -> Result<Vec<FileDigest>, ScanError> {
     let Some(s) = store else {
         // No cache to consult: open, fstat, read, close, and nothing else per file.
-        return paths
-            .par_iter()
-            .map(|p| match open_and_hash(f, p, follow) {
-                Ok((digest, meta)) => Ok(FileDigest { digest, meta, was_read: true }),
-                Err(e) => Err(ScanError::Io(p.clone(), e)),
-            })
-            .collect();
+        return Ok(read_and_hash(f, paths.iter(), follow)?
+            .into_iter()
+            .map(|(digest, meta)| FileDigest { digest, meta, was_read: true })
+            .collect());
     };
 
     let metas: Vec<Metadata> = paths
@@ -82,18 +82,20 @@ pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follo
     // Taken before any read: a write that lands while we hash makes mtime >= this, so the
     // entry counts as racily clean and is re-checked next time.
     let started = now_ns();
-    let results: Vec<FileDigest> = paths
-        .par_iter()
-        .zip(cached)
+    let misses: Vec<&PathBuf> = paths.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(p, _)| p).collect();
+    // The metadata recorded for a re-hashed file is the fstat of the file actually read.
+    let mut hashed = read_and_hash(f, misses.into_iter(), follow)?.into_iter();
+    let results: Vec<FileDigest> = cached
+        .into_iter()
         .zip(metas)
-        .map(|((p, c), meta)| match c {
-            Some(digest) => Ok(FileDigest { digest, meta, was_read: false }),
-            // The metadata recorded is the fstat of the file actually read.
-            None => open_and_hash(f, p, follow)
-                .map(|(digest, meta)| FileDigest { digest, meta, was_read: true })
-                .map_err(|e| ScanError::Io(p.clone(), e)),
+        .map(|(c, meta)| match c {
+            Some(digest) => FileDigest { digest, meta, was_read: false },
+            None => {
+                let (digest, meta) = hashed.next().expect("one result per miss");
+                FileDigest { digest, meta, was_read: true }
+            }
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
 
     let fresh: Vec<(&[u8], StatEntry)> = results
         .iter()
@@ -103,6 +105,27 @@ pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follo
         .collect();
     s.stat_record(&fresh)?;
     Ok(results)
+}
+
+/// Opens and hashes files in parallel, a batch per task (small files of a batch are hashed
+/// together, see `open_and_hash_many`); the first failure names its path.
+fn read_and_hash<'p>(
+    f: DigestFn,
+    paths: impl ExactSizeIterator<Item = &'p PathBuf>,
+    follow: bool,
+) -> Result<Vec<(Digest, Metadata)>, ScanError> {
+    let paths: Vec<&PathBuf> = paths.collect();
+    let batches: Vec<Vec<(Digest, Metadata)>> = paths
+        .par_chunks(READ_BATCH)
+        .map(|batch| {
+            open_and_hash_many(f, batch, follow)
+                .into_iter()
+                .zip(batch)
+                .map(|(r, p)| r.map_err(|e| ScanError::Io((*p).clone(), e)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(batches.into_iter().flatten().collect())
 }
 
 /// StatCache keys: absolute paths, as `std::path::absolute` spells them. Paths that are

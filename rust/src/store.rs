@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
+use std::mem::MaybeUninit;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,7 @@ use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
 use rayon::prelude::*;
 
-use crate::hash::{hash_bytes, hash_path, Digest, DigestFn};
+use crate::hash::{hash_bytes, hash_bytes_many, hash_path, Digest, DigestFn};
 use crate::stat_cache::StatEntry;
 
 /// Blobs up to this size live inside LMDB; larger ones are files beside it.
@@ -39,6 +40,8 @@ const DEFAULT_MAP_SIZE: usize = 1 << 30;
 /// Orphaned files younger than this may belong to a writer that has not committed yet.
 const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 const TOUCH_FLUSH_AT: usize = 4096;
+/// Blobs hashed together (small ones share SIMD lanes) per parallel task.
+const HASH_BATCH: usize = 64;
 const FORMAT: &str = "1";
 
 const LOC_INLINE: u8 = 0;
@@ -165,14 +168,37 @@ pub enum Filled {
     Corrupt,
 }
 
-/// Fills `buf` with the file's bytes; a file of any other length is an error.
-fn read_exact_file(path: &Path, buf: &mut [u8]) -> std::io::Result<()> {
+/// Fills `buf` with the file's bytes and returns them; a file of another length is an error.
+fn read_exact_file<'b>(path: &Path, buf: &'b mut [MaybeUninit<u8>]) -> std::io::Result<&'b [u8]> {
     use std::io::Read;
     let mut f = fs::File::open(path)?;
     if f.metadata()?.len() != buf.len() as u64 {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "size differs from the digest"));
     }
-    f.read_exact(buf)
+    buf.fill(MaybeUninit::new(0));
+    // SAFETY: every byte was just initialised.
+    let buf = unsafe { &mut *(buf as *mut [MaybeUninit<u8>] as *mut [u8]) };
+    f.read_exact(buf)?;
+    Ok(buf)
+}
+
+/// Copies `src` into `dst` (of the same length) and returns the now initialised bytes.
+fn write_init<'b>(dst: &'b mut [MaybeUninit<u8>], src: &[u8]) -> &'b [u8] {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: lengths are equal, the regions cannot overlap (one is ours, one LMDB's), and
+    // after the copy every byte of `dst` is initialised.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut u8, src.len());
+        &*(dst as *const [MaybeUninit<u8>] as *const [u8])
+    }
+}
+
+/// An initialised buffer seen as possibly uninitialised (for `fetch_into`); sound because
+/// only initialised bytes are ever written through it.
+pub fn as_uninit(b: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: same layout; the caller's bytes stay initialised (fetch_into writes only
+    // initialised values).
+    unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) }
 }
 
 impl Store {
@@ -370,7 +396,8 @@ impl Store {
     }
 
     pub fn put_many(&self, blobs: &[&[u8]]) -> Result<Vec<Digest>> {
-        let digests: Vec<Digest> = blobs.par_iter().map(|b| hash_bytes(self.digest_fn, b)).collect();
+        let digests: Vec<Digest> =
+            blobs.par_chunks(HASH_BATCH).flat_map_iter(|chunk| hash_bytes_many(self.digest_fn, chunk)).collect();
         let items: Vec<(Digest, &[u8])> = digests.iter().copied().zip(blobs.iter().copied()).collect();
         self.insert(&items)?;
         Ok(digests)
@@ -438,7 +465,7 @@ impl Store {
         let mut bufs: Vec<Vec<u8>> =
             digests.iter().zip(&present).map(|(d, p)| if *p { vec![0; d.size as usize] } else { Vec::new() }).collect();
         let filled = {
-            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+            let mut slices: Vec<&mut [MaybeUninit<u8>]> = bufs.iter_mut().map(|b| as_uninit(b)).collect();
             self.fetch_into(digests, &mut slices)?
         };
         Ok(filled
@@ -466,9 +493,9 @@ impl Store {
     /// Reads blobs into the caller's buffers, one copy each: inline blobs straight from the
     /// LMDB map while one read transaction pins its pages, in parallel, each verified from
     /// the buffer it was copied to. A buffer whose length is not the digest's size is left
-    /// alone and reported Absent. Corrupt blobs are removed before returning; buffers of
-    /// blobs not reported Found hold unspecified bytes.
-    pub fn fetch_into(&self, digests: &[Digest], bufs: &mut [&mut [u8]]) -> Result<Vec<Filled>> {
+    /// alone and reported Absent. Corrupt blobs are removed before returning. A buffer is
+    /// initialised (and holds the blob) exactly when its blob is reported Found.
+    pub fn fetch_into(&self, digests: &[Digest], bufs: &mut [&mut [MaybeUninit<u8>]]) -> Result<Vec<Filled>> {
         assert_eq!(digests.len(), bufs.len(), "one buffer per digest");
         enum Src<'t> {
             Inline(&'t [u8]),
@@ -488,25 +515,34 @@ impl Store {
                 });
             }
             Ok(srcs
-                .into_par_iter()
-                .zip(bufs.par_iter_mut())
-                .zip(digests.par_iter())
-                .with_min_len(16)
-                .map(|((src, buf), d)| {
-                    let ok = match src {
-                        Src::Absent => return Filled::Absent,
-                        Src::Inline(b) if b.len() == buf.len() => {
-                            buf.copy_from_slice(b);
-                            true
-                        }
-                        Src::Inline(_) => false,
-                        Src::External => read_exact_file(&self.external_path(&d.hash), buf).is_ok(),
-                    };
-                    if ok && hash_bytes(self.digest_fn, buf) == *d {
-                        Filled::Found
-                    } else {
-                        Filled::Corrupt
-                    }
+                .par_chunks(HASH_BATCH)
+                .zip(bufs.par_chunks_mut(HASH_BATCH))
+                .zip(digests.par_chunks(HASH_BATCH))
+                .flat_map_iter(|((srcs, bufs), digests)| {
+                    // The bytes each buffer now holds, for the blobs that could be read.
+                    let written: Vec<Option<&[u8]>> = srcs
+                        .iter()
+                        .zip(bufs.iter_mut())
+                        .zip(digests)
+                        .map(|((src, buf), d)| match src {
+                            Src::Absent => None,
+                            Src::Inline(b) if b.len() == buf.len() => Some(write_init(buf, b)),
+                            Src::Inline(_) => None,
+                            Src::External => read_exact_file(&self.external_path(&d.hash), buf).ok(),
+                        })
+                        .collect();
+                    // Verified from the very bytes handed back, a batch at a time.
+                    let views: Vec<&[u8]> = written.iter().flatten().copied().collect();
+                    let mut hashed = hash_bytes_many(self.digest_fn, &views).into_iter();
+                    srcs.iter()
+                        .zip(&written)
+                        .zip(digests)
+                        .map(|((src, w), d)| match (src, w) {
+                            (Src::Absent, _) => Filled::Absent,
+                            (_, Some(_)) if hashed.next() == Some(*d) => Filled::Found,
+                            _ => Filled::Corrupt,
+                        })
+                        .collect::<Vec<_>>()
                 })
                 .collect())
         })?;
