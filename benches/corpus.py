@@ -209,3 +209,70 @@ def find_b3sum(install: bool = True) -> str | None:
         stdout=subprocess.DEVNULL,
     )
     return str(local) if proc.returncode == 0 and local.exists() else None
+
+
+# --- dependency-inference corpora (infer_bench.py) -------------------------------------------------
+
+WORKSPACE_MARKER = "config/ci-optimization.yaml"
+
+
+def mark_workspace(root: Path) -> None:
+    """Make `root` its own ciopt workspace, invisibly to git.
+
+    The corpora live under benches/.corpus/, inside this repository's own workspace; ciopt looks
+    for config/ci-optimization.yaml in every ancestor *before* it falls back to the git root, so
+    without a marker `ciopt affected` run inside a corpus repository would answer for this
+    repository instead. The marker is listed in the corpus's .git/info/exclude: git and ciopt's
+    walk (which honors it) never see it, so it is neither a change nor a file of the tree.
+    """
+    marker = root / WORKSPACE_MARKER
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("# bench workspace marker (see benches/corpus.py: mark_workspace)\n")
+    exclude = root / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    lines = exclude.read_text().splitlines() if exclude.exists() else []
+    if f"/{WORKSPACE_MARKER}" not in lines:
+        with exclude.open("a") as f:
+            f.write(f"/{WORKSPACE_MARKER}\n")
+
+
+def replay_repo(name: str, source: str, head: str) -> Path:
+    """A clone of a public repository's history at a pinned commit, made once.
+
+    `source` is anything `git clone` takes (a URL, or a local git directory such as a mirror);
+    the clone is left detached at `head` so that the replayed range never moves.
+    """
+    dest = CORPUS / f"replay-{name}"
+    if _done_marker(dest).exists():
+        return dest
+    log(f"cloning {source} into {dest.name} (one-time)")
+    tmp = _fresh(dest)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", "--no-checkout", source, str(tmp)], check=True)
+    try:
+        _git(tmp, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", head)
+    except subprocess.CalledProcessError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"{source} has no commit {head}: pass another --replay-source") from None
+    _publish(tmp, dest)
+    return dest
+
+
+def pytest_venv(name: str, requirement: str) -> Path:
+    """The python of a virtual environment under benches/.corpus/tools holding only `requirement`."""
+    dest = TOOLS / name
+    python = dest / "bin" / "python"
+    if _done_marker(dest).exists() and python.exists():
+        return python
+    log(f"creating {dest.name} with {requirement} (one-time)")
+    # Built in place (a venv's scripts name its own path, so it cannot be renamed into place);
+    # the done marker is written last, so an interrupted build is redone from scratch.
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(dest)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", requirement], check=True,
+                   stdout=subprocess.DEVNULL)
+    _done_marker(dest).touch()
+    return python
