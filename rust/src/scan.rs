@@ -3,19 +3,20 @@
 
 use std::fs::{self, Metadata};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
 use crate::hash::{hash_bytes, open_and_hash_many, Digest, DigestFn};
-use crate::stat_cache::{now_ns, StatEntry};
+use crate::stat_cache::{now_ns, FileMeta, StatEntry};
 use crate::store::{Store, StoreError};
 use crate::tree::{merkle_root, Leaf, NodeKind};
 use crate::walk::{walk, Kind, WalkOptions};
 
 /// Files opened and hashed per parallel task.
 const READ_BATCH: usize = 32;
+/// Files stat'ed and looked up in the StatCache per parallel task (one read transaction).
+const LOOKUP_BATCH: usize = 256;
 
 #[derive(Debug)]
 pub enum ScanError {
@@ -41,7 +42,7 @@ pub struct Scanned {
 /// One file's digest, its metadata, and whether it had to be read (a StatCache miss).
 pub struct FileDigest {
     pub digest: Digest,
-    pub meta: Metadata,
+    pub meta: FileMeta,
     pub was_read: bool,
 }
 
@@ -53,31 +54,35 @@ pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follo
         // No cache to consult: open, fstat, read, close, and nothing else per file.
         return Ok(read_and_hash(f, paths.iter(), follow)?
             .into_iter()
-            .map(|(digest, meta)| FileDigest { digest, meta, was_read: true })
+            .map(|(digest, meta)| FileDigest { digest, meta: FileMeta::from(&meta), was_read: true })
             .collect());
     };
 
-    let metas: Vec<Metadata> = paths
-        .par_iter()
-        .map(|p| {
-            let m = if follow { fs::metadata(p) } else { fs::symlink_metadata(p) };
-            match m {
-                Ok(m) if m.is_dir() => Err(ScanError::Io(p.clone(), std::io::Error::from_raw_os_error(21 /* EISDIR */))),
-                Ok(m) => Ok(m),
-                Err(e) => Err(ScanError::Io(p.clone(), e)),
-            }
-        })
-        .collect::<Result<_, _>>()?;
-
+    // Stat and StatCache lookup in parallel chunks, each chunk in a read transaction of its
+    // own (LMDB allows one per thread; nothing inside a chunk waits on other rayon work).
     let keys = CacheKeys::new(paths);
-    let cached: Vec<Option<Digest>> = {
-        let key_refs: Vec<&[u8]> = (0..paths.len()).map(|i| keys.get(i)).collect();
-        s.stat_lookup(&key_refs)?
-            .into_iter()
-            .zip(&metas)
-            .map(|(e, m)| e.and_then(|e| e.fresh_digest(m)))
-            .collect()
-    };
+    let looked: Vec<Vec<(FileMeta, Option<Digest>)>> = paths
+        .par_chunks(LOOKUP_BATCH)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let metas: Vec<FileMeta> = chunk
+                .iter()
+                .map(|p| {
+                    let m = if follow { fs::metadata(p) } else { fs::symlink_metadata(p) };
+                    match m {
+                        Ok(m) if m.is_dir() => Err(ScanError::Io(p.clone(), std::io::Error::from_raw_os_error(21 /* EISDIR */))),
+                        Ok(m) => Ok(FileMeta::from(&m)),
+                        Err(e) => Err(ScanError::Io(p.clone(), e)),
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            let base = c * LOOKUP_BATCH;
+            let key_refs: Vec<&[u8]> = (base..base + chunk.len()).map(|i| keys.get(i)).collect();
+            let entries = s.stat_lookup(&key_refs)?;
+            Ok(metas.into_iter().zip(entries).map(|(m, e)| (m, e.and_then(|e| e.fresh_digest(&m)))).collect())
+        })
+        .collect::<Result<_, ScanError>>()?;
+    let (metas, cached): (Vec<FileMeta>, Vec<Option<Digest>>) = looked.into_iter().flatten().unzip();
 
     // Taken before any read: a write that lands while we hash makes mtime >= this, so the
     // entry counts as racily clean and is re-checked next time.
@@ -92,7 +97,7 @@ pub fn digest_files(f: DigestFn, store: Option<&Store>, paths: &[PathBuf], follo
             Some(digest) => FileDigest { digest, meta, was_read: false },
             None => {
                 let (digest, meta) = hashed.next().expect("one result per miss");
-                FileDigest { digest, meta, was_read: true }
+                FileDigest { digest, meta: FileMeta::from(&meta), was_read: true }
             }
         })
         .collect();
@@ -212,7 +217,7 @@ pub fn scan_tree(f: DigestFn, store: Option<&Store>, root: &Path, opts: &WalkOpt
         .into_iter()
         .zip(digests)
         .map(|(rel, fd)| {
-            let kind = if fd.meta.permissions().mode() & 0o111 != 0 { NodeKind::Executable } else { NodeKind::File };
+            let kind = if fd.meta.mode & 0o111 != 0 { NodeKind::Executable } else { NodeKind::File };
             Leaf { rel, digest: fd.digest, kind }
         })
         .collect();

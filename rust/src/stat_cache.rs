@@ -38,22 +38,64 @@ pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-impl StatEntry {
-    pub fn new(meta: &Metadata, digest: &Digest, hashed_at_ns: i64) -> StatEntry {
-        StatEntry {
+/// The stat fields a StatEntry compares: a compact copy of `std::fs::Metadata`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    pub mode: u32,
+}
+
+impl From<&Metadata> for FileMeta {
+    fn from(meta: &Metadata) -> FileMeta {
+        FileMeta {
             size: meta.size(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
             ino: meta.ino(),
             dev: meta.dev(),
             mode: meta.mode(),
+        }
+    }
+}
+
+/// Anything the stat fields can be read from.
+pub trait StatFields {
+    fn stat_fields(&self) -> FileMeta;
+}
+
+impl StatFields for Metadata {
+    fn stat_fields(&self) -> FileMeta {
+        FileMeta::from(self)
+    }
+}
+
+impl StatFields for FileMeta {
+    fn stat_fields(&self) -> FileMeta {
+        *self
+    }
+}
+
+impl StatEntry {
+    pub fn new(meta: &impl StatFields, digest: &Digest, hashed_at_ns: i64) -> StatEntry {
+        let m = meta.stat_fields();
+        StatEntry {
+            size: m.size,
+            mtime_ns: m.mtime_ns,
+            ctime_ns: m.ctime_ns,
+            ino: m.ino,
+            dev: m.dev,
+            mode: m.mode,
             hashed_at_ns,
             hash: digest.hash,
         }
     }
 
     /// The cached digest, when the file provably has not changed since it was hashed.
-    pub fn fresh_digest(&self, meta: &Metadata) -> Option<Digest> {
+    pub fn fresh_digest(&self, meta: &impl StatFields) -> Option<Digest> {
         let now = StatEntry::new(meta, &Digest { hash: self.hash, size: 0 }, self.hashed_at_ns);
         let same = now == *self;
         let coarse = self.mtime_ns % 1_000_000_000 == 0 && self.ctime_ns % 1_000_000_000 == 0;

@@ -2,7 +2,7 @@
 //! encoding of its sorted children, so the root Digest identifies names, contents,
 //! executable bits, symlink targets and directory structure (docs/merkle-tree.md).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use crate::hash::{hash_bytes, Digest, DigestFn};
 
@@ -37,58 +37,99 @@ pub struct Leaf {
 }
 
 /// Computes the root Digest from the leaves and the (possibly empty) directories.
+///
+/// Children with the same name in one directory: a directory wins over a leaf, and among
+/// leaves the last one given wins.
 pub fn merkle_root(f: DigestFn, leaves: &[Leaf], dirs: &[String]) -> Digest {
-    // dir path -> (child name -> (kind, digest)); "" is the root.
-    let mut children: BTreeMap<String, BTreeMap<String, (NodeKind, Digest)>> = BTreeMap::new();
-    children.insert(String::new(), BTreeMap::new());
-    let ensure_dir = |children: &mut BTreeMap<String, BTreeMap<String, (NodeKind, Digest)>>, dir: &str| {
-        let mut cur = dir;
-        while !cur.is_empty() && !children.contains_key(cur) {
-            children.insert(cur.to_string(), BTreeMap::new());
-            cur = parent(cur);
-        }
-    };
+    let mut t = Dirs::default();
+    t.index.insert("", 0);
+    t.nodes.push(Vec::new());
     for d in dirs {
-        ensure_dir(&mut children, d);
+        t.ensure(d);
     }
+    // Leaves mostly come sorted, so consecutive ones share their directory.
+    let mut last: Option<(&str, usize)> = None;
     for leaf in leaves {
         let dir = parent(&leaf.rel);
-        ensure_dir(&mut children, dir);
-        children
-            .get_mut(dir)
-            .unwrap()
-            .insert(basename(&leaf.rel).to_string(), (leaf.kind, leaf.digest));
+        let node = match last {
+            Some((d, n)) if d == dir => n,
+            _ => t.ensure(dir),
+        };
+        last = Some((dir, node));
+        t.nodes[node].push((basename(&leaf.rel), Child::Leaf(leaf.kind, leaf.digest)));
     }
-    // Deepest first, so every subdirectory's digest is known before its parent is encoded.
-    let mut order: Vec<String> = children.keys().cloned().collect();
-    order.sort_by_key(|d| std::cmp::Reverse(if d.is_empty() { 0 } else { d.matches('/').count() + 1 }));
-    let mut root = None;
-    for dir in order {
-        let kids = children.remove(&dir).unwrap();
-        let digest = hash_bytes(f, &encode_dir(&kids));
-        if dir.is_empty() {
-            root = Some(digest);
-        } else {
-            let p = parent(&dir).to_string();
-            children
-                .get_mut(&p)
-                .expect("parent directory registered")
-                .insert(basename(&dir).to_string(), (NodeKind::Dir, digest));
-        }
-    }
-    root.expect("root directory present")
+    let mut buf = Vec::new();
+    t.digest(0, f, &mut buf)
 }
 
-fn encode_dir(kids: &BTreeMap<String, (NodeKind, Digest)>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + kids.len() * 64);
-    out.extend_from_slice(MAGIC);
-    // BTreeMap<String> iterates in byte order of the UTF-8 names: the canonical order.
-    for (name, (kind, digest)) in kids {
-        out.push(kind.tag());
-        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&digest.hash);
-        out.extend_from_slice(&digest.size.to_le_bytes());
+#[derive(Clone, Copy)]
+enum Child {
+    Leaf(NodeKind, Digest),
+    Dir(usize),
+}
+
+/// Directories by path (`""` is the root), each with its children in insertion order.
+#[derive(Default)]
+struct Dirs<'a> {
+    index: HashMap<&'a str, usize>,
+    nodes: Vec<Vec<(&'a str, Child)>>,
+}
+
+impl<'a> Dirs<'a> {
+    /// The node of directory `path`, registering it and its ancestors as needed.
+    fn ensure(&mut self, path: &'a str) -> usize {
+        if let Some(&i) = self.index.get(path) {
+            return i;
+        }
+        let up = self.ensure(parent(path));
+        let i = self.nodes.len();
+        self.nodes.push(Vec::new());
+        self.nodes[up].push((basename(path), Child::Dir(i)));
+        self.index.insert(path, i);
+        i
+    }
+
+    /// Digest of directory `i`: its subdirectories first, then the encoding of its children.
+    fn digest(&mut self, i: usize, f: DigestFn, buf: &mut Vec<u8>) -> Digest {
+        let mut kids = std::mem::take(&mut self.nodes[i]);
+        // Stable: among equal names, insertion order is kept for the tie-break below.
+        kids.sort_by(|a, b| a.0.cmp(b.0));
+        if kids.windows(2).any(|w| w[0].0 == w[1].0) {
+            kids = dedup_names(kids);
+        }
+        let resolved: Vec<(&str, NodeKind, Digest)> = kids
+            .into_iter()
+            .map(|(name, c)| match c {
+                Child::Leaf(kind, d) => (name, kind, d),
+                Child::Dir(j) => (name, NodeKind::Dir, self.digest(j, f, buf)),
+            })
+            .collect();
+        buf.clear();
+        buf.extend_from_slice(MAGIC);
+        // Sorted by the UTF-8 bytes of the names: the canonical order.
+        for (name, kind, digest) in resolved {
+            buf.push(kind.tag());
+            buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(&digest.hash);
+            buf.extend_from_slice(&digest.size.to_le_bytes());
+        }
+        hash_bytes(f, buf)
+    }
+}
+
+/// One child per name (input sorted by name, stably): a directory wins, else the last leaf.
+fn dedup_names(kids: Vec<(&str, Child)>) -> Vec<(&str, Child)> {
+    let mut out: Vec<(&str, Child)> = Vec::with_capacity(kids.len());
+    for (name, c) in kids {
+        match out.last_mut() {
+            Some((n, prev)) if *n == name => {
+                if !matches!(prev, Child::Dir(_)) {
+                    *prev = c;
+                }
+            }
+            _ => out.push((name, c)),
+        }
     }
     out
 }
@@ -104,6 +145,80 @@ fn basename(rel: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// The original BTreeMap formulation, kept as the reference the fast one must match.
+    fn reference_root(f: DigestFn, leaves: &[Leaf], dirs: &[String]) -> Digest {
+        type Kids = BTreeMap<String, (NodeKind, Digest)>;
+        let mut children: BTreeMap<String, Kids> = BTreeMap::new();
+        children.insert(String::new(), BTreeMap::new());
+        let ensure_dir = |children: &mut BTreeMap<String, Kids>, dir: &str| {
+            let mut cur = dir;
+            while !cur.is_empty() && !children.contains_key(cur) {
+                children.insert(cur.to_string(), BTreeMap::new());
+                cur = parent(cur);
+            }
+        };
+        for d in dirs {
+            ensure_dir(&mut children, d);
+        }
+        for leaf in leaves {
+            let dir = parent(&leaf.rel);
+            ensure_dir(&mut children, dir);
+            children.get_mut(dir).unwrap().insert(basename(&leaf.rel).to_string(), (leaf.kind, leaf.digest));
+        }
+        let mut order: Vec<String> = children.keys().cloned().collect();
+        order.sort_by_key(|d| std::cmp::Reverse(if d.is_empty() { 0 } else { d.matches('/').count() + 1 }));
+        let mut root = None;
+        for dir in order {
+            let kids = children.remove(&dir).unwrap();
+            let mut out = MAGIC.to_vec();
+            for (name, (kind, digest)) in &kids {
+                out.push(kind.tag());
+                out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&digest.hash);
+                out.extend_from_slice(&digest.size.to_le_bytes());
+            }
+            let digest = hash_bytes(f, &out);
+            if dir.is_empty() {
+                root = Some(digest);
+            } else {
+                children.get_mut(parent(&dir)).unwrap().insert(basename(&dir).to_string(), (NodeKind::Dir, digest));
+            }
+        }
+        root.unwrap()
+    }
+
+    #[test]
+    fn matches_reference_on_random_trees() {
+        let names = ["a", "b", "a.txt", "a-b", "Z", "\u{e9}", "a b", "x.py", "__init__.py", "b0"];
+        let kinds = [NodeKind::File, NodeKind::Executable, NodeKind::Symlink];
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n
+        };
+        for round in 0..300 {
+            let mut leaves = Vec::new();
+            for _ in 0..next(40) {
+                let depth = 1 + next(4);
+                let rel: Vec<&str> = (0..depth).map(|_| names[next(names.len())]).collect();
+                let content = format!("{round}-{}", next(1000));
+                leaves.push(leaf(&rel.join("/"), content.as_bytes(), kinds[next(3)]));
+            }
+            // Mostly sorted input (as walks produce), sometimes not; duplicates and
+            // file/directory name clashes included.
+            if next(3) > 0 {
+                leaves.sort_by(|a, b| a.rel.cmp(&b.rel));
+            }
+            let dirs: Vec<String> = (0..next(4)).map(|_| format!("{}/{}", names[next(names.len())], names[next(names.len())])).collect();
+            for f in [DigestFn::Blake3, DigestFn::Sha256] {
+                assert_eq!(merkle_root(f, &leaves, &dirs), reference_root(f, &leaves, &dirs), "round {round}");
+            }
+        }
+        assert_eq!(merkle_root(DigestFn::Blake3, &[], &[]), reference_root(DigestFn::Blake3, &[], &[]));
+    }
 
     fn leaf(rel: &str, content: &[u8], kind: NodeKind) -> Leaf {
         Leaf { rel: rel.to_string(), digest: hash_bytes(DigestFn::Blake3, content), kind }
