@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CIOPT  := $(VENV)/bin/ciopt
 RUST_SOURCES := Cargo.toml Cargo.lock $(wildcard rust/src/*.rs)
-PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich starlark-pyo3 libcst
+PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich starlark-pyo3 libcst pyzmq
 
 .PHONY: demo test test-python test-rust bench develop clean
 

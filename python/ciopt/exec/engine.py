@@ -34,7 +34,7 @@ LOG_TAIL_LINES = 40
 class ActionOutcome:
     label: Label
     mnemonic: str
-    status: str  # executed | cached_local | failed | skipped
+    status: str  # executed | cached_local | cached_remote | failed | skipped
     key: str | None = None
     executor: str = ""
     started_at: float = 0.0
@@ -293,7 +293,7 @@ class Engine:
                 shutil.copyfile(log, log.with_name(f"{log.stem}.attempt_{attempt}{log.suffix}"))
             if result.ok:
                 outcome.outputs = result.outputs
-                outcome.status = "executed"
+                outcome.status = "cached_remote" if result.cached_remote else "executed"
                 outcome.log = log if action.is_test else None
                 if not action.is_test:
                     log.unlink(missing_ok=True)

@@ -42,7 +42,7 @@ MESSAGES: dict[str, tuple[dict[str, tuple[type, ...] | type], dict[str, tuple[ty
     # executor/client -> scheduler: who I am; scheduler -> peer: welcome with the heartbeat settings.
     "hello": ({"role": str}, {"id": str, "caps": dict, "slots": int, "cost": _num, "running": list,
                               "heartbeat_s": _num, "heartbeat_timeout_s": _num, "scheduler": str,
-                              "draining": bool}),
+                              "draining": bool, "digest": str}),
     # executor -> scheduler: alive, what it runs; client -> scheduler: which submissions it still waits
     # for; scheduler -> peer: the answer, with `unknown` ids it has no record of.
     "heartbeat": ({}, {"id": str, "running": list, "draining": bool, "pending": list, "unknown": list,
@@ -56,8 +56,9 @@ MESSAGES: dict[str, tuple[dict[str, tuple[type, ...] | type], dict[str, tuple[ty
     "find_missing": ({"req": int, "digests": list}, {}),
     # scheduler -> peer: the answer to find_missing, or to the last chunk of an upload.
     "missing": ({"req": int, "digests": list}, {}),
-    # any -> scheduler: blob bytes (one chunk of them, at `offset`).
-    "upload": ({"req": int, "digest": str, "offset": int, "data": bytes, "last": bool}, {}),
+    # any -> scheduler: blob bytes (one chunk of them, at `offset`). ack=False: answer the last chunk
+    # only if the blob did not arrive intact (the uploader does not wait).
+    "upload": ({"req": int, "digest": str, "offset": int, "data": bytes, "last": bool}, {"ack": bool}),
     # any -> scheduler: send me these blobs.
     "download": ({"req": int, "digests": list}, {}),
     # scheduler -> peer: one chunk of a requested blob (found=False: the scheduler lacks it).
@@ -83,7 +84,6 @@ E_RETRIES = "retries_exhausted"  # its executors died more often than remote_exe
 E_MISSING_INPUTS = "missing_inputs"  # submit before the inputs were uploaded
 E_UNKNOWN_EXECUTOR = "unknown_executor"  # heartbeat from an executor that never said hello (restart)
 E_BAD_REQUEST = "bad_request"  # a well-formed frame whose content makes no sense
-E_DUPLICATE = "duplicate"  # a submission id already in use by another client
 
 
 class ProtocolError(ValueError):
@@ -105,8 +105,9 @@ def decode(frame: bytes) -> dict[str, Any]:
     if len(frame) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
     try:
-        # Limits keep a small hostile frame from expanding into huge allocations.
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_buffer_size=MAX_FRAME)
+        # unpackb bounds every string/array/map length by the frame's own length, so a small
+        # hostile frame cannot announce a huge allocation.
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types for bad input
         raise ProtocolError(f"undecodable frame ({type(e).__name__}: {e})") from None
     if not isinstance(msg, dict):
@@ -141,6 +142,15 @@ def parse_digest(text: object) -> Digest:
         return Digest.parse(text)
     except ValueError as e:
         raise ProtocolError(str(e)) from None
+
+
+def check_key(key: object) -> str | None:
+    """An ActionKey as sent (64 lowercase hex digits), or None for no key."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ProtocolError(f"ActionKey must be 64 lowercase hex digits, got {key!r:.80}")
+    return key
 
 
 def check_relpath(path: object) -> str:
@@ -238,6 +248,6 @@ def outputs_from_wire(items: object) -> dict[str, OutputFile]:
 
 __all__ = [
     "CHUNK", "MAX_DIGESTS", "MAX_FRAME", "MESSAGES", "VERSION", "ProtocolError",
-    "action_from_wire", "action_to_wire", "check_relpath", "decode", "encode", "outputs_from_wire",
+    "action_from_wire", "action_to_wire", "check_key", "check_relpath", "decode", "encode", "outputs_from_wire",
     "outputs_to_wire", "parse_digest", "requires_to_wire",
 ]
