@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -36,23 +35,31 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import corpus
+import harness
+from harness import (
+    CIOPT_CLI,
+    REPO,
+    ChildFailed,
+    Result,
+    emit,
+    fill,
+    fmt_samples,
+    git_status,
+    run,
+    tool_version,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-# Not resolved through sys.executable: the venv's python is a symlink to the system one.
-CIOPT_CLI = REPO / ".venv" / "bin" / "ciopt"
 WS_DIR = corpus.CORPUS / "graph_ws"
 NINJA_DIR = corpus.CORPUS / "graph_ninja"
 SCRATCH = corpus.CORPUS / "graph_tmp"  # stores live here: same filesystem as the workspace
 
 CMD = "cat $(SRCS) | sha1sum > $@"
 INPUT_SEED = 1000
-CMD_TIMEOUT_S = 900  # a hung build must end the bench, not the session
 
 # Fixed identity and dates so the generated repository does not depend on the user's git config.
 GIT_ENV = {
@@ -62,89 +69,7 @@ GIT_ENV = {
 }
 
 
-# --- results -------------------------------------------------------------------------------------
-
-@dataclass
-class Result:
-    name: str
-    peer: str
-    target: str
-    max_ratio: float | None = None
-    ours_s: float | None = None
-    peer_s: float | None = None
-    ours_samples: list[float] = field(default_factory=list)
-    peer_samples: list[float] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)  # printed under the line
-    extra: dict[str, Any] = field(default_factory=dict)  # JSON only
-    skipped: str | None = None
-    error: str | None = None
-
-    @property
-    def ratio(self) -> float | None:
-        if self.ours_s is None or not self.peer_s:
-            return None
-        return self.ours_s / self.peer_s
-
-    def line(self) -> str:
-        if self.error:
-            return f"{self.name}: error ({self.error})"
-        if self.skipped:
-            return f"{self.name}: skipped ({self.skipped})"
-        ratio = f"{self.ratio:.3f}" if self.ratio is not None else "n/a"
-        return (f"{self.name}: ours {self.ours_s:.4g} s, peer {self.peer_s:.4g} s, "
-                f"ratio {ratio} ({self.target})")
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ratio"] = self.ratio
-        d["met"] = (self.ratio <= self.max_ratio
-                    if self.ratio is not None and self.max_ratio is not None else None)
-        return d
-
-
-def emit(result: Result, results: list[Result]) -> None:
-    results.append(result)
-    print(result.line(), flush=True)
-    for key, value in result.notes.items():
-        print(f"  {key}: {value}", flush=True)
-
-
-def fill(result: Result, ours_t: list[float], peer_t: list[float]) -> Result:
-    result.ours_samples, result.peer_samples = ours_t, peer_t
-    result.ours_s = statistics.median(ours_t) if ours_t else None
-    result.peer_s = statistics.median(peer_t) if peer_t else None
-    return result
-
-
-def fmt_samples(xs: list[float]) -> str:
-    return ", ".join(f"{x:.3f}" for x in xs)
-
-
 # --- running commands ----------------------------------------------------------------------------
-
-class ChildFailed(RuntimeError):
-    pass
-
-
-def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None,
-        capture: bool = False) -> tuple[float, bytes]:
-    """Run one command; returns (wall seconds, stdout if `capture`). Non-zero exit raises.
-
-    stdout goes to /dev/null unless captured: neither tool gets a TTY, so neither draws progress.
-    """
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, timeout=CMD_TIMEOUT_S,
-                              stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    except subprocess.TimeoutExpired as e:
-        raise ChildFailed(f"`{' '.join(argv)}` (cwd {cwd}) timed out after {CMD_TIMEOUT_S} s") from e
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip()[-1500:]
-        raise ChildFailed(f"`{' '.join(argv)}` (cwd {cwd}) exited {proc.returncode}: {tail}")
-    return elapsed, proc.stdout
-
 
 def peak_rss_mb(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     """Peak RSS of one command (the largest process in its tree that was waited for)."""
@@ -270,9 +195,13 @@ def git(cwd: Path, *args: str, capture: bool = False) -> bytes:
                           env={**os.environ, **GIT_ENV}).stdout
 
 
-def git_status(root: Path) -> bytes:
-    return subprocess.run(["git", "status", "--porcelain"], cwd=root, check=True,
-                          capture_output=True).stdout
+def write_workspace(shape: Shape, root: Path) -> None:
+    """The ciopt workspace: the config that enables ciopt, the inputs and one BUILD a package."""
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "ci-optimization.yaml").write_text("enabled: true\n")
+    write_inputs(shape, root)
+    for i in range(shape.packages):
+        (root / shape.pkg(i) / "BUILD").write_text(build_file_text(shape, i))
 
 
 def generate(shape: Shape) -> None:
@@ -288,14 +217,9 @@ def generate(shape: Shape) -> None:
         if d.exists():
             shutil.rmtree(d)
 
-    WS_DIR.mkdir(parents=True)
-    (WS_DIR / "config").mkdir()
-    (WS_DIR / "config" / "ci-optimization.yaml").write_text("enabled: true\n")
+    write_workspace(shape, WS_DIR)
     # ciopt-out/ is a build product: it must not make `git status` dirty.
     (WS_DIR / ".gitignore").write_text("/ciopt-out/\n")
-    write_inputs(shape, WS_DIR)
-    for i in range(shape.packages):
-        (WS_DIR / shape.pkg(i) / "BUILD").write_text(build_file_text(shape, i))
 
     NINJA_DIR.mkdir(parents=True)
     write_inputs(shape, NINJA_DIR)
@@ -329,33 +253,18 @@ def settle() -> None:
 
 # --- the two tools -------------------------------------------------------------------------------
 
-class Ciopt:
-    """`ciopt` on the workspace with a store the bench chooses."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("CIOPT_CONFIG", "CIOPT_DISABLE", "CIOPT_CACHE_DIR")}
-        env["CIOPT_CACHE_DIR"] = str(self.store)
-        return env
-
-    def argv(self, *args: str) -> list[str]:
-        return [str(CIOPT_CLI), *args]
+class Ciopt(harness.Ciopt):
+    """`ciopt build //...` on the workspace with a store the bench chooses."""
 
     def build(self, *extra: str) -> float:
-        return run(self.argv("build", "//...", *extra), cwd=WS_DIR, env=self.env())[0]
+        return self.run(WS_DIR, "build", "//...", *extra)[0]
 
     def build_json(self, *extra: str) -> dict[str, Any]:
-        _, out = run(self.argv("build", "//...", *extra, "--output", "json"), cwd=WS_DIR,
-                     env=self.env(), capture=True)
-        return json.loads(out)
+        return self.json(WS_DIR, "build", "//...", *extra)[1]
 
 
 def fresh_store() -> Path:
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="store-", dir=SCRATCH))
+    return harness.fresh_store(SCRATCH)
 
 
 def clean_ciopt_outputs() -> None:
@@ -689,28 +598,9 @@ BENCHES: dict[str, Callable[[Config, list[Result]], None]] = {
 
 # --- main ----------------------------------------------------------------------------------------
 
-def tool_version(argv: list[str]) -> str:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True)
-        return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr) else "?"
-    except OSError:
-        return "not found"
-
-
 def machine_context(cfg: Config) -> dict[str, Any]:
-    cpu_model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **harness.machine_basics(),
         "ciopt": tool_version([str(CIOPT_CLI), "--version"]) if CIOPT_CLI.exists()
         else "not installed",
         "ciopt_build": "yes" if cfg.ciopt_ok else f"no ({cfg.ciopt_why})",
@@ -726,12 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--targets", type=int, default=1000, help="genrule targets in all")
     ap.add_argument("--packages", type=int, default=100, help="packages (targets divide evenly)")
-    ap.add_argument("--repeat", type=int, default=5, help="repetitions per side (median taken)")
-    ap.add_argument("--quick", action="store_true", help="2 repetitions instead of --repeat")
-    ap.add_argument("--only", action="append", metavar="NAME",
-                    help="run benches whose name contains NAME (repeatable); choices: "
-                         + ", ".join(BENCHES) + " (outputs_identical always runs: it sets up)")
-    ap.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON")
+    harness.add_common_args(ap, BENCHES, " (outputs_identical always runs: it sets up)")
     args = ap.parse_args(argv)
 
     if args.packages < 1 or args.targets % args.packages or args.targets < 2 * args.packages:
@@ -739,34 +624,24 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("ninja") is None:
         ap.error("ninja not on PATH: apt-get install -y ninja-build")
     selected = [n for n in BENCHES
-                if n == "outputs_identical" or not args.only or any(o in n for o in args.only)]
+                if n == "outputs_identical" or n in harness.select(BENCHES, args.only)]
 
     ok, why = ciopt_build_available()
     cfg = Config(shape=Shape(args.targets, args.packages),
-                 repeat=2 if args.quick else max(1, args.repeat), ciopt_ok=ok, ciopt_why=why)
+                 repeat=harness.repetitions(args), ciopt_ok=ok, ciopt_why=why)
     generate(cfg.shape)
     restore_inputs(cfg.shape)
     machine = machine_context(cfg)
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    harness.print_machine(machine)
     print(f"corpus: {WS_DIR} (ciopt, git) and {NINJA_DIR} (ninja); "
           f"cmd per target: {CMD!r}", flush=True)
 
-    results: list[Result] = []
     try:
-        for name in selected:
-            try:
-                BENCHES[name](cfg, results)
-            except Exception as e:  # noqa: BLE001 - one broken bench must not hide the others
-                emit(Result(name, "", "", error=f"{type(e).__name__}: {e}"), results)
+        results = harness.run_benches(BENCHES, selected, cfg)
     finally:
         restore_inputs(cfg.shape)
         shutil.rmtree(SCRATCH, ignore_errors=True)
-
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"machine": machine, "results": [r.to_json() for r in results]}, indent=2,
-            default=str) + "\n")
-    return 1 if any(r.error for r in results) else 0
+    return harness.finish(args.json, machine, results)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -25,12 +23,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import corpus
+import harness
+from harness import Result, dist_version, emit, fill, git_status, run, tool_version
 
 VENV_BIN = Path(sys.executable).parent
 CIOPT_CLI = VENV_BIN / "ciopt"
@@ -42,56 +42,10 @@ BLOB_SEED = 6656
 
 
 @dataclass
-class Result:
-    name: str
-    peer: str
-    target: str
-    ours_s: float | None = None
-    peer_s: float | None = None
-    max_ratio: float | None = None
-    ours_samples: list[float] = field(default_factory=list)
-    peer_samples: list[float] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)  # printed under the line
-    extra: dict[str, Any] = field(default_factory=dict)  # JSON only (numbers for tooling)
-    skipped: str | None = None
-    error: str | None = None
-
-    @property
-    def ratio(self) -> float | None:
-        if self.ours_s is None or not self.peer_s:
-            return None
-        return self.ours_s / self.peer_s
-
-    def line(self) -> str:
-        if self.error:
-            return f"{self.name}: error ({self.error})"
-        if self.skipped:
-            return f"{self.name}: skipped ({self.skipped})"
-        ratio = f"{self.ratio:.3f}" if self.ratio is not None else "n/a"
-        return (f"{self.name}: ours {self.ours_s:.4g} s, peer {self.peer_s:.4g} s, "
-                f"ratio {ratio} ({self.target})")
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ratio"] = self.ratio
-        d["met"] = self.extra.get("met", (
-            self.ratio <= self.max_ratio
-            if self.ratio is not None and self.max_ratio is not None else None))
-        return d
-
-
-@dataclass
 class Config:
     repeat: int
     api: ModuleType  # ciopt, or ciopt._native while the package has no re-exports yet
     api_name: str
-
-
-def emit(result: Result, results: list[Result]) -> None:
-    results.append(result)
-    print(result.line(), flush=True)
-    for key, value in result.notes.items():
-        print(f"  {key}: {value}", flush=True)
 
 
 @contextmanager
@@ -126,30 +80,6 @@ def side_by_side(ours: Callable[[], Any], peer: Callable[[], Any], repeat: int
     return ours_t, peer_t
 
 
-def fill(result: Result, ours_t: list[float], peer_t: list[float]) -> Result:
-    result.ours_samples, result.peer_samples = ours_t, peer_t
-    result.ours_s = statistics.median(ours_t)
-    result.peer_s = statistics.median(peer_t)
-    return result
-
-
-class ChildFailed(RuntimeError):
-    pass
-
-
-def run_quiet(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
-              capture: bool = False) -> bytes:
-    """Run a command, stdout to /dev/null unless `capture`; a failure carries its stderr."""
-    proc = subprocess.run(argv, cwd=cwd, env=env,
-                          stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip()[-400:]
-        shown = " ".join(argv[:4]) + (" ..." if len(argv) > 4 else "")
-        raise ChildFailed(f"`{shown}` exited {proc.returncode}: {tail}")
-    return proc.stdout
-
-
 def arg_batches(args: list[str], fixed: list[str]) -> list[list[str]]:
     """Split `args` like xargs does, so that no command line exceeds ARG_MAX.
 
@@ -173,11 +103,6 @@ def git_files(root: Path) -> list[str]:
     out = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True,
                          capture_output=True).stdout
     return [p for p in out.decode().split("\0") if p]
-
-
-def git_status(root: Path) -> bytes:
-    return subprocess.run(["git", "status", "--porcelain"], cwd=root, check=True,
-                          capture_output=True).stdout
 
 
 def python_for_ciopt(cfg: Config) -> str:
@@ -236,7 +161,7 @@ def bench_hash_django_vs_b3sum(cfg: Config, results: list[Result]) -> None:
 
     def run_batches(cmd: list[str]) -> None:
         for batch in batches:
-            run_quiet(cmd + batch, cwd=root)
+            run(cmd + batch, cwd=root)
 
     def api() -> list[Any]:
         return cfg.api.hash_files(absolute)
@@ -253,8 +178,8 @@ def bench_hash_django_vs_b3sum(cfg: Config, results: list[Result]) -> None:
              results)
         return
     # Byte-identical output is the point of "b3sum compatible": scripts diff these.
-    ours_out = b"".join(run_quiet(ours_cmd + b, cwd=root, capture=True) for b in batches)
-    peer_out = b"".join(run_quiet(peer_cmd + b, cwd=root, capture=True) for b in batches)
+    ours_out = b"".join(run(ours_cmd + b, cwd=root, capture=True)[1] for b in batches)
+    peer_out = b"".join(run(peer_cmd + b, cwd=root, capture=True)[1] for b in batches)
     identical = ours_out == peer_out
     print(f"b3sum output identical: {'yes' if identical else 'no'}", flush=True)
     if not identical:
@@ -309,8 +234,8 @@ def bench_rehash_django_statcache_vs_git_status(cfg: Config, results: list[Resul
         code = (f"{python_for_ciopt(cfg)}; "
                 f"ciopt.Store({str(Path(tmp, 'store'))!r}).hash_tree({str(root)!r})")
         argv = [sys.executable, "-c", code]
-        run_quiet(argv)  # warm-up: populates this store's StatCache
-        ours_t, peer_t = side_by_side(lambda: run_quiet(argv), lambda: git_status(root),
+        run(argv)  # warm-up: populates this store's StatCache
+        ours_t, peer_t = side_by_side(lambda: run(argv), lambda: git_status(root),
                                       cfg.repeat)
         emit(fill(Result(f"{name}_process", "git status --porcelain (process)", target,
                          max_ratio=1.0), ours_t, peer_t), results)
@@ -324,8 +249,8 @@ def bench_rehash_django_statcache_vs_git_status(cfg: Config, results: list[Resul
         # `ciopt cache ingest` is the CLI path through the StatCache (hash_tree + find_missing);
         # the warm-up run stores every blob, so timed runs find nothing to read or write.
         argv = [str(CIOPT_CLI), "cache", "ingest", str(root), "--store", str(Path(tmp, "store"))]
-        run_quiet(argv)
-        ours_t, peer_t = side_by_side(lambda: run_quiet(argv), lambda: git_status(root),
+        run(argv)
+        ours_t, peer_t = side_by_side(lambda: run(argv), lambda: git_status(root),
                                       cfg.repeat)
         r = fill(Result(cli_name, "git status --porcelain (process)", target, max_ratio=1.0),
                  ours_t, peer_t)
@@ -335,8 +260,8 @@ def bench_rehash_django_statcache_vs_git_status(cfg: Config, results: list[Resul
     # `ciopt hash DIR` walks with the module-level hash_tree, which has no StatCache: every run
     # reads and hashes everything. Shown for scale, not against the target.
     argv = [str(CIOPT_CLI), "hash", "."]
-    run_quiet(argv, cwd=root)
-    ours_t, peer_t = side_by_side(lambda: run_quiet(argv, cwd=root), lambda: git_status(root),
+    run(argv, cwd=root)
+    ours_t, peer_t = side_by_side(lambda: run(argv, cwd=root), lambda: git_status(root),
                                   cfg.repeat)
     emit(fill(Result(f"{name}_cli_hash", "git status --porcelain (process)",
                      "target: info, `ciopt hash .` has no StatCache"), ours_t, peer_t), results)
@@ -365,7 +290,7 @@ def _child_hash_tree(cfg: Config, store: Path, root: Path) -> tuple[float, dict[
     """One fresh process: open the store, hash_tree once. Returns (process wall s, its report)."""
     code = _CHILD_HASH_TREE.format(import_line=python_for_ciopt(cfg))
     t0 = time.perf_counter()
-    out = run_quiet([sys.executable, "-c", code, str(store), str(root)], capture=True)
+    _, out = run([sys.executable, "-c", code, str(store), str(root)], capture=True)
     return time.perf_counter() - t0, json.loads(out)
 
 
@@ -503,43 +428,18 @@ BENCHES: dict[str, Callable[[Config, list[Result]], None]] = {
 }
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _tool_version(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True).stdout.strip() or "?"
-    except OSError:
-        return "not found"
-
-
 def machine_context(cfg: Config) -> dict[str, Any]:
-    cpu_model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     b3sum = corpus.find_b3sum(install=False)
     return {
         "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "ciopt": getattr(cfg.api, "__version__", None) or _version("ciopt"),
+        **harness.machine_basics(),
+        "ciopt": getattr(cfg.api, "__version__", None) or dist_version("ciopt"),
         "ciopt_module": cfg.api_name,
         "ciopt_cli": str(CIOPT_CLI) if CIOPT_CLI.exists() else "not installed",
-        "blake3_pkg": _version("blake3"),
-        "lmdb_pkg": _version("lmdb"),
-        "git": _tool_version(["git", "--version"]),
-        "b3sum": _tool_version([b3sum, "--version"]) if b3sum else "not found",
+        "blake3_pkg": dist_version("blake3"),
+        "lmdb_pkg": dist_version("lmdb"),
+        "git": tool_version(["git", "--version"]),
+        "b3sum": tool_version([b3sum, "--version"]) if b3sum else "not found",
         "repeat": cfg.repeat,
     }
 
@@ -557,36 +457,22 @@ def load_api() -> tuple[ModuleType, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--repeat", type=int, default=5, help="repetitions per side (median taken)")
-    ap.add_argument("--quick", action="store_true", help="2 repetitions instead of --repeat")
-    ap.add_argument("--only", action="append", metavar="NAME",
-                    help="run benches whose name contains NAME (repeatable); choices: "
-                         + ", ".join(BENCHES))
-    ap.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON")
+    harness.add_common_args(ap, BENCHES)
     args = ap.parse_args(argv)
 
-    selected = [n for n in BENCHES if not args.only or any(o in n for o in args.only)]
+    selected = harness.select(BENCHES, args.only)
     if not selected:
         ap.error(f"--only matched no bench; choices: {', '.join(BENCHES)}")
 
     api, api_name = load_api()
-    cfg = Config(repeat=2 if args.quick else max(1, args.repeat), api=api, api_name=api_name)
+    cfg = Config(repeat=harness.repetitions(args), api=api, api_name=api_name)
     machine = machine_context(cfg)
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    harness.print_machine(machine)
 
-    results: list[Result] = []
-    for name in selected:
-        try:
-            BENCHES[name](cfg, results)
-        except Exception as e:  # noqa: BLE001 - one broken bench must not hide the others
-            emit(Result(name, "", "", error=f"{type(e).__name__}: {e}"), results)
+    results = harness.run_benches(BENCHES, selected, cfg)
     if SCRATCH.exists():
         shutil.rmtree(SCRATCH, ignore_errors=True)
-
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"machine": machine, "results": [r.to_json() for r in results]}, indent=2) + "\n")
-    return 1 if any(r.error for r in results) else 0
+    return harness.finish(args.json, machine, results)
 
 
 if __name__ == "__main__":

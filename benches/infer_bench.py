@@ -33,11 +33,11 @@ import argparse
 import ast
 import configparser
 import fnmatch
+import functools
 import hashlib
 import json
 import keyword
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -47,15 +47,24 @@ import time
 import tomllib
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import corpus
+import harness
+from harness import (
+    CIOPT_CLI,
+    REPO,
+    ChildFailed,
+    Result,
+    emit,
+    fill,
+    fmt_samples,
+    tool_version,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = REPO / ".venv" / "bin"
-CIOPT_CLI = VENV_BIN / "ciopt"
+VENV_BIN = CIOPT_CLI.parent
 RUFF = VENV_BIN / "ruff"
 SCRATCH = corpus.CORPUS / "infer_tmp"  # stores live here: same filesystem as the corpora
 CMD_TIMEOUT_S = 600
@@ -90,94 +99,9 @@ def pytest_sessionfinish(session):
 '''
 
 
-# --- results -------------------------------------------------------------------------------------
-
-@dataclass
-class Result:
-    name: str
-    peer: str
-    target: str
-    max_ratio: float | None = None
-    ours_s: float | None = None
-    peer_s: float | None = None
-    ours_samples: list[float] = field(default_factory=list)
-    peer_samples: list[float] = field(default_factory=list)
-    summary: str | None = None  # replaces the timing line for results that are not timings
-    notes: dict[str, Any] = field(default_factory=dict)  # printed under the line
-    extra: dict[str, Any] = field(default_factory=dict)  # JSON only
-    skipped: str | None = None
-    error: str | None = None
-
-    @property
-    def ratio(self) -> float | None:
-        if self.ours_s is None or not self.peer_s:
-            return None
-        return self.ours_s / self.peer_s
-
-    def line(self) -> str:
-        if self.error:
-            return f"{self.name}: error ({self.error})"
-        if self.skipped:
-            return f"{self.name}: skipped ({self.skipped})"
-        if self.summary is not None:
-            return f"{self.name}: {self.summary} ({self.target})"
-        ratio = f"{self.ratio:.3f}" if self.ratio is not None else "n/a"
-        return (f"{self.name}: ours {self.ours_s:.4g} s, peer {self.peer_s:.4g} s, "
-                f"ratio {ratio} ({self.target})")
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ratio"] = self.ratio
-        d["met"] = self.extra.get("met", (
-            self.ratio <= self.max_ratio
-            if self.ratio is not None and self.max_ratio is not None else None))
-        return d
-
-
-def emit(result: Result, results: list[Result]) -> None:
-    results.append(result)
-    print(result.line(), flush=True)
-    for key, value in result.notes.items():
-        if isinstance(value, list):
-            print(f"  {key}:", flush=True)
-            for item in value:
-                print(f"    {item}", flush=True)
-        else:
-            print(f"  {key}: {value}", flush=True)
-
-
-def fill(result: Result, ours_t: list[float], peer_t: list[float]) -> Result:
-    result.ours_samples, result.peer_samples = ours_t, peer_t
-    result.ours_s = statistics.median(ours_t) if ours_t else None
-    result.peer_s = statistics.median(peer_t) if peer_t else None
-    return result
-
-
-def fmt_samples(xs: list[float]) -> str:
-    return ", ".join(f"{x:.3f}" for x in xs)
-
-
 # --- running commands ----------------------------------------------------------------------------
 
-class ChildFailed(RuntimeError):
-    pass
-
-
-def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, capture: bool = False,
-        timeout: float = CMD_TIMEOUT_S) -> tuple[float, bytes]:
-    """Run one command; returns (wall seconds, stdout if `capture`). Non-zero exit raises."""
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, check=False, cwd=cwd, env=env, timeout=timeout,
-                              stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    except subprocess.TimeoutExpired as e:
-        raise ChildFailed(f"`{' '.join(argv)}` (cwd {cwd}) timed out after {timeout} s") from e
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip()[-1500:]
-        raise ChildFailed(f"`{' '.join(argv)}` (cwd {cwd}) exited {proc.returncode}: {tail}")
-    return elapsed, proc.stdout
+run = functools.partial(harness.run, timeout=CMD_TIMEOUT_S)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -185,32 +109,14 @@ def git(cwd: Path, *args: str) -> str:
         "utf-8", "surrogateescape")
 
 
-class Ciopt:
+class Ciopt(harness.Ciopt):
     """`ciopt` in a corpus with a store the bench chooses."""
 
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("CIOPT_CONFIG", "CIOPT_DISABLE", "CIOPT_CACHE_DIR")}
-        env["CIOPT_CACHE_DIR"] = str(self.store)
-        return env
-
-    def argv(self, *args: str) -> list[str]:
-        return [str(CIOPT_CLI), *args]
-
-    def run(self, cwd: Path, *args: str, capture: bool = False) -> tuple[float, bytes]:
-        return run(self.argv(*args), cwd=cwd, env=self.env(), capture=capture)
-
-    def json(self, cwd: Path, *args: str) -> tuple[float, dict[str, Any]]:
-        t, out = self.run(cwd, *args, "-o", "json", capture=True)
-        return t, json.loads(out)
+    timeout_s = CMD_TIMEOUT_S
 
 
 def fresh_store() -> Path:
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="store-", dir=SCRATCH))
+    return harness.fresh_store(SCRATCH)
 
 
 def dir_size(path: Path) -> int:
@@ -1093,37 +999,13 @@ BENCHES: dict[str, Callable[[Config, list[Result]], None]] = {
 }
 
 
-def tool_version(argv: list[str]) -> str:
-    try:
-        p = subprocess.run(argv, check=False, capture_output=True, text=True)
-        return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr) else "?"
-    except OSError:
-        return "not found"
-
-
 def machine_context(cfg: Config) -> dict[str, Any]:
-    cpu_model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import importlib.metadata as md
-        grimp_v = md.version("grimp")
-    except Exception:  # noqa: BLE001
-        grimp_v = "not installed"
     return {
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
+        **harness.machine_basics(),
         "load_avg_1m": f"{os.getloadavg()[0]:.2f}",
-        "platform": platform.platform(),
-        "python": platform.python_version(),
         "ciopt": tool_version([str(CIOPT_CLI), "--version"]) if CIOPT_CLI.exists() else "not installed",
         "ruff": tool_version([str(RUFF), "--version"]),
-        "grimp": grimp_v,
+        "grimp": harness.dist_version("grimp"),
         "git": tool_version(["git", "--version"]),
         "repeat": cfg.repeat,
     }
@@ -1131,46 +1013,31 @@ def machine_context(cfg: Config) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--repeat", type=int, default=5, help="repetitions per side (median taken)")
-    ap.add_argument("--quick", action="store_true", help="2 repetitions instead of --repeat")
-    ap.add_argument("--only", action="append", metavar="NAME",
-                    help="run benches whose name contains NAME (repeatable); choices: "
-                         + ", ".join(n for k in BENCHES for n in k.split("+"))
-                         + " (cold and warm run together, and so do ruff and grimp)")
-    ap.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON")
+    harness.add_common_args(ap, (n for k in BENCHES for n in k.split("+")),
+                            " (cold and warm run together, and so do ruff and grimp)")
     ap.add_argument("--commits", type=int, default=200, help="replay_history: commits to replay")
     ap.add_argument("--replay-source", metavar="GIT",
                     help=f"replay_history: where to clone {REPLAY_NAME} from (default: the first of "
                          f"{', '.join(REPLAY_SOURCES)} that exists); must hold {REPLAY_HEAD[:12]}")
     args = ap.parse_args(argv)
 
-    selected = [k for k in BENCHES if not args.only or any(o in n for o in args.only for n in k.split("+"))]
+    selected = harness.select(BENCHES, args.only)
     if not selected:
         ap.error("--only matched no bench")
     if not CIOPT_CLI.exists():
         ap.error(f"{CIOPT_CLI} not installed (make dev)")
     if not RUFF.exists():
         ap.error(f"{RUFF} not installed: .venv/bin/pip install ruff")
-    cfg = Config(repeat=2 if args.quick else max(1, args.repeat), commits=max(1, args.commits),
+    cfg = Config(repeat=harness.repetitions(args), commits=max(1, args.commits),
                  replay_source=args.replay_source)
     machine = machine_context(cfg)
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    harness.print_machine(machine)
 
-    results: list[Result] = []
     try:
-        for key in selected:
-            try:
-                BENCHES[key](cfg, results)
-            except Exception as e:  # noqa: BLE001 - one broken bench must not hide the others
-                emit(Result(key, "", "", error=f"{type(e).__name__}: {e}"), results)
+        results = harness.run_benches(BENCHES, selected, cfg)
     finally:
         shutil.rmtree(SCRATCH, ignore_errors=True)
-
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"machine": machine, "results": [r.to_json() for r in results]}, indent=2,
-            default=str) + "\n")
-    return 1 if any(r.error for r in results) else 0
+    return harness.finish(args.json, machine, results)
 
 
 if __name__ == "__main__":

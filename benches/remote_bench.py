@@ -32,7 +32,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -40,8 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,38 +52,16 @@ import zmq  # noqa: E402
 
 import corpus  # noqa: E402
 import graph_bench  # noqa: E402  - the 1,000-genrule generator
+import harness  # noqa: E402
 from ciopt.hardware import Capabilities  # noqa: E402
 from ciopt.remote import protocol as P  # noqa: E402
 from ciopt.remote.transport import Channel  # noqa: E402
+from harness import Result, emit  # noqa: E402
 
 PY = sys.executable
 WORK = corpus.CORPUS / "remote"
 FAKE_NVML = REPO / "tests" / "fakes" / "fake_pynvml.py"
 A100 = {"driver": "550.54.15", "cuda": "12.4", "gpus": [{"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920}]}
-
-
-@dataclass
-class Line:
-    name: str
-    ours: str
-    peer: str
-    ratio: float | None
-    target: str
-    notes: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    def text(self) -> str:
-        if self.error:
-            return f"{self.name}: error ({self.error})"
-        ratio = f"{self.ratio:.3f}" if self.ratio is not None else "n/a"
-        return f"{self.name}: ours {self.ours}, peer {self.peer}, ratio {ratio} ({self.target})"
-
-
-def emit(line: Line, out: list[Line]) -> None:
-    out.append(line)
-    print(line.text(), flush=True)
-    for k, v in line.notes.items():
-        print(f"  {k}: {v}", flush=True)
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -165,6 +141,16 @@ def _caps(cost: float) -> dict[str, Any]:
                         cost=cost, cost_class="cpu", hostname="noop").to_dict()
 
 
+def queued(sock: zmq.Socket[bytes]) -> Iterator[dict[str, Any]]:
+    """The messages already waiting on a DEALER socket, decoded, without blocking for more."""
+    while True:
+        try:
+            frame = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        yield P.decode(frame)
+
+
 def noop_executor(address: str, eid: str, slots: int, stop: Any) -> None:
     """Answers every assignment at once: exit 0, no outputs. Heartbeats so it is never declared dead."""
     ctx = zmq.Context()
@@ -175,12 +161,7 @@ def noop_executor(address: str, eid: str, slots: int, stop: Any) -> None:
     beat = time.monotonic()
     while not stop.is_set():
         if sock.poll(100):
-            while True:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                msg = P.decode(frame)
+            for msg in queued(sock):
                 if msg["type"] == "assign":
                     sock.send(P.encode("result", id=msg["id"], exit_code=0, executor=eid))
         if time.monotonic() - beat > 1.0:
@@ -249,12 +230,7 @@ def drive(address: str, n: int, window: int) -> tuple[float, list[float]]:
             submitted += 1
         if not sock.poll(10_000):
             raise RuntimeError(f"no result for 10 s ({done}/{n} done)")
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            msg = P.decode(frame)
+        for msg in queued(sock):
             if msg["type"] == "result":
                 lat.append(time.perf_counter() - sent_at.pop(msg["id"]))
                 done += 1
@@ -271,7 +247,7 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def bench_dispatch(cfg: argparse.Namespace, out: list[Line]) -> None:
+def bench_dispatch(cfg: argparse.Namespace, out: list[Result]) -> None:
     n = 5_000 if cfg.quick else 20_000
     state = Path(tempfile.mkdtemp(prefix="sched-", dir=WORK))
     stop = mp.Event()
@@ -311,13 +287,15 @@ def bench_dispatch(cfg: argparse.Namespace, out: list[Line]) -> None:
         for p in [*execs, relay]:
             p.join(10)
         Path(bind_file).unlink(missing_ok=True)
-    emit(Line("dispatch_throughput", f"{rate:,.0f} actions/s", f"{peer_rate:,.0f} actions/s (bare ROUTER relay)",
-              rate / peer_rate, "target: ours >= 10,000 actions/s", {
-                  "latency (8 in flight)": f"p50 {_pct(lat, .5) * 1e3:.3f} ms, p99 {_pct(lat, .99) * 1e3:.3f} ms; "
-                                           f"relay p50 {_pct(peer_lat, .5) * 1e3:.3f} ms, "
-                                           f"p99 {_pct(peer_lat, .99) * 1e3:.3f} ms",
-                  "actions": n, "executor slots": 8,
-              }), out)
+    emit(Result("dispatch_throughput", "bare ROUTER relay", "target: ours >= 10,000 actions/s",
+                ours_text=f"{rate:,.0f} actions/s",
+                peer_text=f"{peer_rate:,.0f} actions/s (bare ROUTER relay)", ratio_value=rate / peer_rate,
+                notes={
+                    "latency (8 in flight)": f"p50 {_pct(lat, .5) * 1e3:.3f} ms, p99 {_pct(lat, .99) * 1e3:.3f} ms; "
+                                             f"relay p50 {_pct(peer_lat, .5) * 1e3:.3f} ms, "
+                                             f"p99 {_pct(peer_lat, .99) * 1e3:.3f} ms",
+                    "actions": n, "executor slots": 8,
+                }), out)
 
 
 # -- remote vs local build -------------------------------------------------------------------------
@@ -329,31 +307,15 @@ def generate_workspace(shape: graph_bench.Shape) -> Path:
     if marker.exists() and marker.read_text() == want and ws.exists():
         return ws
     shutil.rmtree(ws, ignore_errors=True)
-    (ws / "config").mkdir(parents=True)
-    (ws / "config/ci-optimization.yaml").write_text("enabled: true\n")
-    graph_bench.write_inputs(shape, ws)
-    for i in range(shape.packages):
-        (ws / shape.pkg(i) / "BUILD").write_text(graph_bench.build_file_text(shape, i))
+    graph_bench.write_workspace(shape, ws)
     time.sleep(corpus.RACY_WINDOW_S + 0.5)
     marker.write_text(want)
     return ws
 
 
-def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, dict[str, Any]]:
-    full = {k: v for k, v in os.environ.items() if k not in ("CIOPT_CONFIG", "CIOPT_DISABLE", "CIOPT_CACHE_DIR")}
-    full.update(env)
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=full, capture_output=True, text=True, timeout=900)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} exited {proc.returncode}: {proc.stderr[-1500:]}")
-    return elapsed, json.loads(proc.stdout)
-
-
-def bench_remote_build(cfg: argparse.Namespace, out: list[Line]) -> None:
+def bench_remote_build(cfg: argparse.Namespace, out: list[Result]) -> None:
     shape = graph_bench.Shape(cfg.targets, cfg.targets // 10)
     ws = generate_workspace(shape)
-    ciopt = str(REPO / ".venv" / "bin" / "ciopt")
     ours: list[float] = []
     peer: list[float] = []
     executors_used: set[str] = set()
@@ -361,7 +323,7 @@ def bench_remote_build(cfg: argparse.Namespace, out: list[Line]) -> None:
         scratch = Path(tempfile.mkdtemp(prefix="build-", dir=WORK))
         # Local: -j2, a fresh store and no ciopt-out.
         shutil.rmtree(ws / "ciopt-out", ignore_errors=True)
-        t, doc = timed([ciopt, "build", "//...", "-j2", "-o", "json"], ws, {"CIOPT_CACHE_DIR": str(scratch / "local")})
+        t, doc = harness.Ciopt(scratch / "local").json(ws, "build", "//...", "-j2")
         assert doc["summary"]["executed"] == shape.targets, doc["summary"]
         peer.append(t)
         # Remote: a fresh scheduler, two fresh executors of one slot each, a fresh client store.
@@ -372,8 +334,8 @@ def bench_remote_build(cfg: argparse.Namespace, out: list[Line]) -> None:
             wait_executors(ctx, address, 2)
             ctx.term()
             shutil.rmtree(ws / "ciopt-out", ignore_errors=True)
-            t, doc = timed([ciopt, "build", "//...", "--remote", address, "-j6", "-o", "json"], ws,
-                           {"CIOPT_CACHE_DIR": str(scratch / "remote")})
+            t, doc = harness.Ciopt(scratch / "remote").json(ws, "build", "//...", "--remote", address,
+                                                            "-j6")
             assert doc["summary"]["executed"] == shape.targets, doc["summary"]
             executors_used |= {a["executor"] for a in doc["actions"]}
             ours.append(t)
@@ -386,18 +348,20 @@ def bench_remote_build(cfg: argparse.Namespace, out: list[Line]) -> None:
     # Each remote build runs right after its local one, so the ratio of a pair shares the load of
     # the moment (on a shared 2-CPU machine it swings from run to run); the median pair is the figure.
     pairs = [a / b for a, b in zip(ours, peer)]
-    emit(Line("remote_vs_local_build", f"{o:.2f} s", f"{p:.2f} s (ciopt build -j2, local)",
-              statistics.median(pairs), "median of paired ratios; target <= 1.3",
-              {"targets": shape.targets, "executors used": ", ".join(sorted(executors_used)),
-               "samples ours": ", ".join(f"{x:.2f}" for x in ours),
-               "samples peer": ", ".join(f"{x:.2f}" for x in peer),
-               "paired ratios": ", ".join(f"{x:.3f}" for x in pairs),
-               "ratio of medians": f"{o / p:.3f}"}), out)
+    emit(Result("remote_vs_local_build", "ciopt build -j2, local", "median of paired ratios; target <= 1.3",
+                ours_s=o, peer_s=p, ours_samples=ours, peer_samples=peer,
+                ours_text=f"{o:.2f} s", peer_text=f"{p:.2f} s (ciopt build -j2, local)",
+                ratio_value=statistics.median(pairs),
+                notes={"targets": shape.targets, "executors used": ", ".join(sorted(executors_used)),
+                       "samples ours": ", ".join(f"{x:.2f}" for x in ours),
+                       "samples peer": ", ".join(f"{x:.2f}" for x in peer),
+                       "paired ratios": ", ".join(f"{x:.3f}" for x in pairs),
+                       "ratio of medians": f"{o / p:.3f}"}), out)
 
 
 # -- failover --------------------------------------------------------------------------------------
 
-def bench_failover(cfg: argparse.Namespace, out: list[Line]) -> None:
+def bench_failover(cfg: argparse.Namespace, out: list[Result]) -> None:
     heartbeat, timeout = 0.5, 2.0
     samples: list[float] = []
     scratch = Path(tempfile.mkdtemp(prefix="failover-", dir=WORK))
@@ -437,9 +401,10 @@ def bench_failover(cfg: argparse.Namespace, out: list[Line]) -> None:
         sched.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     med = statistics.median(samples)
-    emit(Line("failover", f"{med:.2f} s", f"{timeout:.2f} s (heartbeat timeout)", med / timeout,
-              f"target: ours <= {timeout + 1:.1f} s = heartbeat timeout + 1 s",
-              {"samples": ", ".join(f"{x:.2f}" for x in samples), "heartbeat": f"{heartbeat} s"}), out)
+    emit(Result("failover", "heartbeat timeout", f"target: ours <= {timeout + 1:.1f} s = heartbeat timeout + 1 s",
+                ours_s=med, peer_s=timeout, ours_samples=samples,
+                ours_text=f"{med:.2f} s", peer_text=f"{timeout:.2f} s (heartbeat timeout)",
+                notes={"samples": ", ".join(f"{x:.2f}" for x in samples), "heartbeat": f"{heartbeat} s"}), out)
 
 
 # -- cost-aware routing vs round robin -------------------------------------------------------------
@@ -484,21 +449,23 @@ def run_mixed(policy: str, scratch: Path, work_s: float) -> tuple[float, float, 
     return total, makespan, placed
 
 
-def bench_mixed_cost(cfg: argparse.Namespace, out: list[Line]) -> None:
+def bench_mixed_cost(cfg: argparse.Namespace, out: list[Result]) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="mixed-", dir=WORK))
     try:
         ours, ours_t, ours_placed = run_mixed("cost", scratch, 0.25)
         peer, peer_t, peer_placed = run_mixed("round_robin", scratch, 0.25)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    emit(Line("mixed_pool_cost", f"{ours * 1000:.3f} milli-units", f"{peer * 1000:.3f} milli-units (round-robin)",
-              ours / peer, "lower is better; same 48 actions", {
-                  "placement ours": ours_placed, "placement round-robin": peer_placed,
-                  "makespan": f"ours {ours_t:.2f} s, round-robin {peer_t:.2f} s",
-              }), out)
+    emit(Result("mixed_pool_cost", "round-robin", "lower is better; same 48 actions",
+                ours_text=f"{ours * 1000:.3f} milli-units", peer_text=f"{peer * 1000:.3f} milli-units (round-robin)",
+                ratio_value=ours / peer, extra={"ours_cost": ours, "peer_cost": peer},
+                notes={
+                    "placement ours": ours_placed, "placement round-robin": peer_placed,
+                    "makespan": f"ours {ours_t:.2f} s, round-robin {peer_t:.2f} s",
+                }), out)
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace, list[Line]], None]] = {
+BENCHES: dict[str, Callable[[argparse.Namespace, list[Result]], None]] = {
     "dispatch_throughput": bench_dispatch,
     "remote_vs_local_build": bench_remote_build,
     "failover": bench_failover,
@@ -508,26 +475,15 @@ BENCHES: dict[str, Callable[[argparse.Namespace, list[Line]], None]] = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--quick", action="store_true", help="fewer actions and repetitions")
+    harness.add_common_args(ap, BENCHES, repeat_help="repetitions of the remote build bench (median taken)",
+                            quick_help="fewer actions and repetitions")
     ap.add_argument("--targets", type=int, default=1000, help="genrules in the remote build bench")
-    ap.add_argument("--repeat", type=int, default=5, help="repetitions of the remote build bench (median taken)")
-    ap.add_argument("--only", action="append", metavar="NAME", help="benches whose name contains NAME")
-    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     cfg = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
-          f"zmq {zmq.zmq_version()}", flush=True)
-    results: list[Line] = []
-    for name, fn in BENCHES.items():
-        if cfg.only and not any(o in name for o in cfg.only):
-            continue
-        try:
-            fn(cfg, results)
-        except Exception as e:  # noqa: BLE001 - one broken bench must not hide the others
-            emit(Line(name, "", "", None, "", error=f"{type(e).__name__}: {e}"), results)
-    if cfg.json:
-        cfg.json.write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str) + "\n")
-    return 1 if any(r.error for r in results) else 0
+    machine = {**harness.machine_basics(), "cpus": os.cpu_count(), "zmq": zmq.zmq_version()}
+    harness.print_machine(machine)
+    results = harness.run_benches(BENCHES, harness.select(BENCHES, cfg.only), cfg)
+    return harness.finish(cfg.json, machine, results)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from buildws import wait_for
 from ciopt.remote.auth import ClientSecurity
 from ciopt.remote.transport import Channel, Unreachable
 
@@ -202,12 +203,3 @@ class Pool:
             parts.append(f"==== {d.name}\n{d.log()[-4000:]}")
         return "\n".join(parts)
 
-
-def wait_for(condition: Callable[[], bool], limit_s: float = 20.0) -> bool:
-    """Poll until `condition()` holds or `limit_s` passes (a deadline, not a timing assertion)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()

@@ -9,12 +9,14 @@ which actions really ran, independently of what the report claims.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,40 +30,26 @@ from conftest import CliRunner, assert_one_line_error
 # A genrule chain: //a:upper -> //b:twice -> //b:final, and an independent //c:other.
 
 
+def logged_genrule(name: str, srcs: list[str], out: str, cmd: str, runlog: Path) -> str:
+    """A genrule whose command first appends its name to `runlog`, then runs `cmd`."""
+    return f"""
+        genrule(
+            name = "{name}",
+            srcs = {json.dumps(srcs)},
+            outs = ["{out}"],
+            cmd = "echo {name} >> {runlog}; {cmd}",
+        )
+    """
+
+
 def chain_files(runlog: Path) -> dict[str, str]:
     return {
-        "a/BUILD": f"""
-            genrule(
-                name = "upper",
-                srcs = ["in.txt"],
-                outs = ["upper.txt"],
-                cmd = "echo upper >> {runlog}; tr a-z A-Z < $< > $@",
-            )
-        """,
+        "a/BUILD": logged_genrule("upper", ["in.txt"], "upper.txt", "tr a-z A-Z < $< > $@", runlog),
         "a/in.txt": "hello\n",
-        "b/BUILD": f"""
-            genrule(
-                name = "twice",
-                srcs = ["//a:upper"],
-                outs = ["twice.txt"],
-                cmd = "echo twice >> {runlog}; cat $< $< > $@",
-            )
-            genrule(
-                name = "final",
-                srcs = [":twice", "suffix.txt"],
-                outs = ["final.txt"],
-                cmd = "echo final >> {runlog}; cat $(SRCS) > $@",
-            )
-        """,
+        "b/BUILD": logged_genrule("twice", ["//a:upper"], "twice.txt", "cat $< $< > $@", runlog)
+        + logged_genrule("final", [":twice", "suffix.txt"], "final.txt", "cat $(SRCS) > $@", runlog),
         "b/suffix.txt": "end\n",
-        "c/BUILD": f"""
-            genrule(
-                name = "other",
-                srcs = ["c.txt"],
-                outs = ["other.txt"],
-                cmd = "echo other >> {runlog}; rev < $< > $@",
-            )
-        """,
+        "c/BUILD": logged_genrule("other", ["c.txt"], "other.txt", "rev < $< > $@", runlog),
         "c/c.txt": "abc\n",
         "notes.txt": "nobody depends on this file\n",
     }
@@ -160,24 +148,26 @@ def test_unchanged_intermediate_output_stops_the_rebuild(cli: CliRunner, chain: 
     assert lines(runlog)[4:] == ["upper"]
 
 
-def test_editing_an_unused_file_reruns_nothing(cli: CliRunner, chain: tuple[Path, Path]) -> None:
-    ws, runlog = chain
-    run_json(cli, ws, "build", "//...")
+def edit_unused_files(ws: Path) -> None:
     (ws / "notes.txt").write_text("changed\n")
     (ws / "a/unused.txt").write_text("a new file in a package changes its listing, not its actions\n")
-    doc = run_json(cli, ws, "build", "//...")
-    assert statuses(doc) == {l: "cached_local" for l in CHAIN}
-    assert len(lines(runlog)) == 4
 
 
-def test_same_content_rewrite_reruns_nothing(cli: CliRunner, chain: tuple[Path, Path]) -> None:
-    ws, runlog = chain
-    run_json(cli, ws, "build", "//...")
+def rewrite_same_content(ws: Path) -> None:
     for rel in ("a/in.txt", "b/suffix.txt", "c/c.txt", "b/BUILD"):
         p = ws / rel
         p.write_bytes(p.read_bytes())
         st = p.stat()
         os.utime(p, ns=(st.st_atime_ns + 5_000_000_000, st.st_mtime_ns + 5_000_000_000))
+
+
+@pytest.mark.parametrize("edit", [edit_unused_files, rewrite_same_content],
+                         ids=["editing-an-unused-file", "same-content-rewrite"])
+def test_edit_that_changes_no_input_reruns_nothing(cli: CliRunner, chain: tuple[Path, Path],
+                                                   edit: Callable[[Path], None]) -> None:
+    ws, runlog = chain
+    run_json(cli, ws, "build", "//...")
+    edit(ws)
     doc = run_json(cli, ws, "build", "//...")
     assert statuses(doc) == {l: "cached_local" for l in CHAIN}
     assert len(lines(runlog)) == 4
@@ -399,59 +389,52 @@ def test_glob_skips_gitignored_files(cli: CliRunner, tmp_path: Path) -> None:
     assert (ws / "ciopt-out/p/all.out").read_text() == "a\n"
 
 
-def test_unknown_attribute_names_its_location(cli: CliRunner, tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path, {
-        "pkg/BUILD": '# comment\n\ngenrule(name = "x", outs = ["x.txt"], cmdd = "true")\n',
-    })
-    proc = cli("build", "//...", cwd=ws)
-    assert_one_line_error(proc, 2, "pkg/BUILD:3:1")
-    assert "did you mean 'cmd'" in proc.stderr
-
-
-def test_unknown_label_in_deps_suggests_a_near_miss(cli: CliRunner, tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path, {
+# A workspace whose loading fails, the pattern built, what the one error line says, and what
+# stderr must also match (regular expressions) or must not contain.
+LOADING_ERRORS = [
+    pytest.param({"pkg/BUILD": '# comment\n\ngenrule(name = "x", outs = ["x.txt"], cmdd = "true")\n'},
+                 "//...", "pkg/BUILD:3:1", ["did you mean 'cmd'"], [], id="unknown-attribute"),
+    pytest.param({
         "lib/BUILD": 'py_library(name = "library", srcs = ["lib.py"])\n',
         "lib/lib.py": "",
         "app/BUILD": '\npy_library(name = "app", srcs = ["app.py"], deps = ["//lib:libary"])\n',
         "app/app.py": "",
-    })
-    proc = cli("build", "//...", cwd=ws)
-    assert_one_line_error(proc, 2, "did you mean '//lib:library'")
-    assert "app/BUILD:2:1" in proc.stderr and "//lib:libary" in proc.stderr
-
-
-def test_unknown_label_without_a_near_miss(cli: CliRunner, tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path, {
+    }, "//...", "did you mean '//lib:library'", ["app/BUILD:2:1", "//lib:libary"], [], id="unknown-dep-near-miss"),
+    pytest.param({
         "app/BUILD": 'py_library(name = "app", srcs = ["app.py"], deps = ["//nowhere:zzzzzz"])\n',
         "app/app.py": "",
-    })
-    proc = cli("build", "//...", cwd=ws)
-    assert_one_line_error(proc, 2, "//nowhere:zzzzzz")
-    assert "did you mean" not in proc.stderr
-
-
-def test_dependency_cycle_reports_the_full_path(cli: CliRunner, tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path, {
+    }, "//...", "//nowhere:zzzzzz", [], ["did you mean"], id="unknown-dep-no-near-miss"),
+    pytest.param({
         "a/BUILD": 'py_library(name = "x", srcs = ["x.py"], deps = ["//b:y"])\n',
         "a/x.py": "",
         "b/BUILD": 'py_library(name = "y", srcs = ["y.py"], deps = ["//a:x"])\n',
         "b/y.py": "",
-    })
-    proc = cli("build", "//...", cwd=ws)
-    assert_one_line_error(proc, 2, "//a:x -> //b:y -> //a:x")
-    assert re.search(r"[ab]/BUILD:1:1", proc.stderr), proc.stderr
-
-
-def test_genrule_cycle_through_srcs(cli: CliRunner, tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path, {
+    }, "//...", "//a:x -> //b:y -> //a:x", [r"[ab]/BUILD:1:1"], [], id="dependency-cycle-full-path"),
+    pytest.param({
         "p/BUILD": """
             genrule(name = "one", srcs = [":three"], outs = ["1"], cmd = "cp $< $@")
             genrule(name = "two", srcs = [":one"], outs = ["2"], cmd = "cp $< $@")
             genrule(name = "three", srcs = [":two"], outs = ["3"], cmd = "cp $< $@")
         """,
-    })
-    proc = cli("build", "//p:one", cwd=ws)
-    assert_one_line_error(proc, 2, "//p:one -> //p:three -> //p:two -> //p:one")
+    }, "//p:one", "//p:one -> //p:three -> //p:two -> //p:one", [], [], id="genrule-cycle-through-srcs"),
+    pytest.param({
+        "p/BUILD": 'genrule(name = "gen", srcs = ["in.txt"], outs = ["data.txt"], cmd = "cp $< $@")\n',
+        "p/in.txt": "x\n",
+        "p/data.txt": "a source file with the output's name\n",
+    }, "//...", "same path as the source file p/data.txt", [], [], id="output-collides-with-a-source-file"),
+]
+
+
+@pytest.mark.parametrize(("files", "pattern", "error", "stderr_matches", "stderr_lacks"), LOADING_ERRORS)
+def test_loading_error_is_one_line(cli: CliRunner, tmp_path: Path, files: dict[str, str], pattern: str, error: str,
+                                   stderr_matches: list[str], stderr_lacks: list[str]) -> None:
+    ws = make_workspace(tmp_path, files)
+    proc = cli("build", pattern, cwd=ws)
+    assert_one_line_error(proc, 2, error)
+    for regex in stderr_matches:
+        assert re.search(regex, proc.stderr), (regex, proc.stderr)
+    for text in stderr_lacks:
+        assert text not in proc.stderr, (text, proc.stderr)
 
 
 def test_unknown_target_on_the_command_line(cli: CliRunner, chain: tuple[Path, Path]) -> None:
@@ -597,16 +580,10 @@ def test_a_killed_build_leaves_a_usable_store(cli: CliRunner, tmp_path: Path) ->
     assert statuses(doc) == {"//p:fast": "cached_local", "//p:slow": "cached_local"}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_stops_the_build_and_its_children(cli: CliRunner, tmp_path: Path, sig: signal.Signals) -> None:
-    pid_file = tmp_path / "child.pid"
-    ws = make_workspace(tmp_path, {
-        "p/BUILD": f"""
-            genrule(name = "long", outs = ["long.txt"], cmd = "sleep 300 & echo $$! > {pid_file}; wait; touch $@")
-            genrule(name = "quick", outs = ["quick.txt"], cmd = "echo q > $@")
-        """,
-    })
-    proc = spawn_ciopt(ws, cli_store(tmp_path), "build", "//...", "-j", "2")
+def interrupt_once_started(proc: subprocess.Popen, pid_file: Path, sig: int) -> tuple[int, str]:
+    """Once the action's child has written its pid to `pid_file` (and is alive), send `sig` to the
+    build and wait for it; whatever happens, the build and a surviving child are killed after.
+    Returns the child's pid and the build's stderr."""
     child = None
     try:
         assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != ""), "no child started"
@@ -618,6 +595,20 @@ def test_ctrl_c_stops_the_build_and_its_children(cli: CliRunner, tmp_path: Path,
         proc.kill()
         if child is not None and pid_alive(child):
             os.kill(child, signal.SIGKILL)
+    return child, stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_build_and_its_children(cli: CliRunner, tmp_path: Path, sig: signal.Signals) -> None:
+    pid_file = tmp_path / "child.pid"
+    ws = make_workspace(tmp_path, {
+        "p/BUILD": f"""
+            genrule(name = "long", outs = ["long.txt"], cmd = "sleep 300 & echo $$! > {pid_file}; wait; touch $@")
+            genrule(name = "quick", outs = ["quick.txt"], cmd = "echo q > $@")
+        """,
+    })
+    proc = spawn_ciopt(ws, cli_store(tmp_path), "build", "//...", "-j", "2")
+    child, stderr = interrupt_once_started(proc, pid_file, sig)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
     assert "interrupted" in stderr
@@ -750,16 +741,7 @@ def test_ctrl_c_during_ciopt_test(cli: CliRunner, tmp_path: Path) -> None:
         "t/hang.sh": 'sleep 300 &\necho $! > "$PIDFILE"\nwait\n',
     })
     proc = spawn_ciopt(ws, cli_store(tmp_path), "test", "//...", "--flaky-attempts", "3")
-    child = None
-    try:
-        assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != ""), "no child started"
-        child = int(pid_file.read_text())
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        if child is not None and pid_alive(child):
-            os.kill(child, signal.SIGKILL)
+    child, stderr = interrupt_once_started(proc, pid_file, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert wait_for(lambda: not pid_alive(child), 10), "the test's child survived Ctrl-C"
     # Interrupted, not retried as a flaky failure: the test started once.
@@ -767,11 +749,3 @@ def test_ctrl_c_during_ciopt_test(cli: CliRunner, tmp_path: Path) -> None:
     [inv] = recent_invocations(cli_store(tmp_path) / "records.sqlite")
     assert inv["exit_code"] == 130
 
-
-def test_genrule_output_colliding_with_a_source_file_is_an_error(cli: CliRunner, tmp_path: Path) -> None:
-    ws = make_workspace(tmp_path, {
-        "p/BUILD": 'genrule(name = "gen", srcs = ["in.txt"], outs = ["data.txt"], cmd = "cp $< $@")\n',
-        "p/in.txt": "x\n",
-        "p/data.txt": "a source file with the output's name\n",
-    })
-    assert_one_line_error(cli("build", "//...", cwd=ws), 2, "same path as the source file p/data.txt")

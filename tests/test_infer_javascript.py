@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from buildws import write_files
 from ciopt import _native
 from ciopt.infer.javascript import (
     TsConfig,
@@ -17,10 +18,8 @@ from ciopt.infer.javascript import (
 
 
 def make(root: Path, files: dict[str, str]) -> frozenset[str]:
-    for rel, text in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+    """Write the files under `root`; their workspace-relative paths, as the resolver takes them."""
+    write_files(root, files)
     return frozenset(files)
 
 
@@ -69,25 +68,19 @@ def test_relative_and_external(spec: str, expected: list[str]) -> None:
     assert resolve_js("web/src/app.ts", spec, FILES, None) == expected
 
 
-def test_dot_resolves_directory_index() -> None:
-    files = frozenset({"a/index.ts", "a/b/c.ts"})
-    assert resolve_js("a/b/c.ts", "..", files, None) == ["a/index.ts"]
-    assert resolve_js("a/x.ts", ".", files, None) == ["a/index.ts"]
-
-
-def test_exact_file_before_extension() -> None:
-    files = frozenset({"a/x", "a/x.ts", "a/y.ts"})
-    assert resolve_js("a/y.ts", "./x", files, None) == ["a/x"]
+@pytest.mark.parametrize("files, importer, spec, expected", [
+    pytest.param({"a/index.ts", "a/b/c.ts"}, "a/b/c.ts", "..", ["a/index.ts"], id="dotdot-resolves-directory-index"),
+    pytest.param({"a/index.ts", "a/b/c.ts"}, "a/x.ts", ".", ["a/index.ts"], id="dot-resolves-directory-index"),
+    pytest.param({"a/x", "a/x.ts", "a/y.ts"}, "a/y.ts", "./x", ["a/x"], id="exact-file-before-extension"),
+    pytest.param({"a/x.js", "a/x.ts", "a/y.ts"}, "a/y.ts", "./x", ["a/x.ts"], id="extension-order-prefers-ts"),
+])
+def test_small_tree(files: set[str], importer: str, spec: str, expected: list[str]) -> None:
+    assert resolve_js(importer, spec, frozenset(files), None) == expected
 
 
 def test_js_spec_with_both_js_and_ts_returns_both() -> None:
     files = frozenset({"a/x.js", "a/x.ts", "a/y.ts"})
     assert sorted(resolve_js("a/y.ts", "./x.js", files, None)) == ["a/x.js", "a/x.ts"]
-
-
-def test_extension_order_prefers_ts() -> None:
-    files = frozenset({"a/x.js", "a/x.ts", "a/y.ts"})
-    assert resolve_js("a/y.ts", "./x", files, None) == ["a/x.ts"]
 
 
 def test_parse_jsonc_comments_and_trailing_commas() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ciopt.cli.tailor as tailor_cli
 import pytest
+from buildws import write_files
 from ciopt.cli import main
 from ciopt.graph.build_file import evaluate_build_file
 from ciopt.graph.label import Label
@@ -50,16 +51,26 @@ genrule(
 )
 '''
 
+# What tailor writes for TARGETS[1] (//app:core_test), in a new BUILD file or appended to one.
+CORE_TEST_RENDERED = '''\
+py_test(
+    name = "core_test",
+    srcs = ["core_test.py"],
+    deps = [
+        ":core",
+        "//lib:util",
+    ],
+)
+'''
+
 
 @pytest.fixture
 def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "ws"
-    for rel, text in {
+    write_files(root, {
         "config/ci-optimization.yaml": "enabled: true\n",
         "app/core.py": "", "app/core_test.py": "", "lib/util.py": "", "lib/helpers.py": "",
-    }.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
+    })
     monkeypatch.setenv("CIOPT_CACHE_DIR", str(tmp_path / "store"))
     monkeypatch.chdir(root)
     monkeypatch.setattr(tailor_cli, "infer_targets_for", lambda root, store: list(TARGETS))
@@ -99,15 +110,7 @@ def test_creates_build_files(ws: Path, capsys: pytest.CaptureFixture[str]) -> No
             deps = ["//lib:util"],
         )
 
-        py_test(
-            name = "core_test",
-            srcs = ["core_test.py"],
-            deps = [
-                ":core",
-                "//lib:util",
-            ],
-        )
-        ''')
+        ''') + CORE_TEST_RENDERED
     # What tailor writes is a valid BUILD file for ciopt itself.
     decls = evaluate_build_file(ws / "lib/BUILD", "lib")
     assert [(d.kind, d.label.name) for d in decls] == [("py_library", "util")]
@@ -133,36 +136,10 @@ def test_update_keeps_comments_attributes_and_hand_written_deps(ws: Path, capsys
     assert rc == 0
     assert out.splitlines() == ["updated app/BUILD", "created lib/BUILD"]
     text = (ws / "app/BUILD").read_text()
-    assert text == textwrap.dedent('''\
-        # Team-owned: keep this comment.
-        load("//tools:defs.bzl", "helper")
-
-        py_library(
-            name = "core",  # the core module
-            srcs = ["core.py"],
-            visibility = ["//visibility:public"],
-            deps = [
-                "//lib:util",
-                # vendored, inference cannot see it
-                "//third_party:vendored",
-            ],
-        )
-
-        genrule(
-            name = "gen",
-            outs = ["gen.txt"],
-            cmd = "echo hi > $@",
-        )
-
-        py_test(
-            name = "core_test",
-            srcs = ["core_test.py"],
-            deps = [
-                ":core",
-                "//lib:util",
-            ],
-        )
-        ''')
+    # The inferred dep joins the hand-written list ahead of its comment; core_test is appended.
+    hand_written_dep = '        # vendored, inference cannot see it\n'
+    assert text == HAND_WRITTEN.replace(hand_written_dep, '        "//lib:util",\n' + hand_written_dep) \
+        + "\n" + CORE_TEST_RENDERED
     # and the second run leaves the hand-edited file alone
     assert run(capsys)[0] == 0
     assert (ws / "app/BUILD").read_text() == text

@@ -40,12 +40,25 @@ def py_test_build(name: str, counter: Path, extra: str = "") -> str:
     return f'py_test(name = "{name}", srcs = ["{name}.py"], env = {{"COUNTER": "{counter}"}}{extra})\n'
 
 
-def test_passing_py_test_is_cached(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "ok.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_ok", counter),
-        "t/test_ok.py": COUNTING_TEST.format(expr="1 + 1 == 2"),
+def failing_and_passing(tmp_path: Path, bad_expr: str, more: dict[str, str] | None = None) -> Path:
+    """A workspace with //a:test_bad, asserting `bad_expr`, and //a:test_ok (plus `more` files)."""
+    ok, bad = tmp_path / "ok.count", tmp_path / "bad.count"
+    return make_workspace(tmp_path, {
+        "a/BUILD": py_test_build("test_bad", bad) + py_test_build("test_ok", ok),
+        "a/test_bad.py": COUNTING_TEST.format(expr=bad_expr),
+        "a/test_ok.py": COUNTING_TEST.format(expr="True"),
+        **(more or {}),
     })
+
+
+def one_py_test(tmp_path: Path, name: str, source: str, extra: str = "") -> tuple[Path, Path]:
+    """A workspace whose only target is the py_test //t:NAME; returns it and the file counting its runs."""
+    counter = tmp_path / f"{name}.count"
+    return make_workspace(tmp_path, {"t/BUILD": py_test_build(name, counter, extra), f"t/{name}.py": source}), counter
+
+
+def test_passing_py_test_is_cached(cli: CliRunner, tmp_path: Path) -> None:
+    ws, counter = one_py_test(tmp_path, "test_ok", COUNTING_TEST.format(expr="1 + 1 == 2"))
     first = run_json(cli, ws, "test", "//...")
     t = row_of_test(first, "//t:test_ok")
     assert (t["outcome"], t["status"], t["cached"], t["attempts"]) == ("passed", "executed", False, 1)
@@ -64,11 +77,7 @@ def test_passing_py_test_is_cached(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_cached_test_log_is_restored_after_deleting_ciopt_out(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "ok.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_ok", counter),
-        "t/test_ok.py": COUNTING_TEST.format(expr="True"),
-    })
+    ws, counter = one_py_test(tmp_path, "test_ok", COUNTING_TEST.format(expr="True"))
     run_json(cli, ws, "test", "//t:test_ok")
     import shutil
 
@@ -106,11 +115,7 @@ def test_editing_a_test_or_its_data_reruns_it(cli: CliRunner, tmp_path: Path) ->
 
 
 def test_failing_py_test_is_not_cached(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "bad.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_bad", counter),
-        "t/test_bad.py": COUNTING_TEST.format(expr="1 + 1 == 3"),
-    })
+    ws, counter = one_py_test(tmp_path, "test_bad", COUNTING_TEST.format(expr="1 + 1 == 3"))
     for run in (1, 2):
         doc = run_json(cli, ws, "test", "//...", expect=1)
         t = row_of_test(doc, "//t:test_bad")
@@ -135,11 +140,7 @@ def test_one_failing_test_does_not_stop_the_others(cli: CliRunner, tmp_path: Pat
 
 
 def test_flaky_test_is_reported_flaky_and_not_cached(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "flaky.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_flaky", counter),
-        "t/test_flaky.py": FLAKY_TEST,
-    })
+    ws, counter = one_py_test(tmp_path, "test_flaky", FLAKY_TEST)
     junit = tmp_path / "junit.xml"
     doc = run_json(cli, ws, "test", "//...", "--flaky-attempts", "3", "--junit", str(junit))
     t = row_of_test(doc, "//t:test_flaky")
@@ -163,11 +164,7 @@ def test_flaky_test_is_reported_flaky_and_not_cached(cli: CliRunner, tmp_path: P
 
 
 def test_flaky_test_without_retries_fails(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "flaky.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_flaky", counter),
-        "t/test_flaky.py": FLAKY_TEST,
-    })
+    ws, counter = one_py_test(tmp_path, "test_flaky", FLAKY_TEST)
     doc = run_json(cli, ws, "test", "//...", expect=1)
     t = row_of_test(doc, "//t:test_flaky")
     assert (t["outcome"], t["attempts"]) == ("failed", 1)
@@ -175,11 +172,7 @@ def test_flaky_test_without_retries_fails(cli: CliRunner, tmp_path: Path) -> Non
 
 
 def test_flaky_attempts_stop_at_n(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "bad.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_bad", counter),
-        "t/test_bad.py": COUNTING_TEST.format(expr="False"),
-    })
+    ws, counter = one_py_test(tmp_path, "test_bad", COUNTING_TEST.format(expr="False"))
     doc = run_json(cli, ws, "test", "//...", "--flaky-attempts", "3", expect=1)
     t = row_of_test(doc, "//t:test_bad")
     assert (t["outcome"], t["attempts"]) == ("failed", 3)
@@ -187,21 +180,13 @@ def test_flaky_attempts_stop_at_n(cli: CliRunner, tmp_path: Path) -> None:
 
 
 def test_flaky_attribute_retries_without_the_flag(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "flaky.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_flaky", counter, ", flaky = True"),
-        "t/test_flaky.py": FLAKY_TEST,
-    })
+    ws, _ = one_py_test(tmp_path, "test_flaky", FLAKY_TEST, ", flaky = True")
     doc = run_json(cli, ws, "test", "//...")
     assert row_of_test(doc, "//t:test_flaky")["outcome"] == "flaky"
 
 
 def test_junit_report(cli: CliRunner, tmp_path: Path) -> None:
-    ok, bad = tmp_path / "ok.count", tmp_path / "bad.count"
-    ws = make_workspace(tmp_path, {
-        "a/BUILD": py_test_build("test_bad", bad) + py_test_build("test_ok", ok),
-        "a/test_bad.py": COUNTING_TEST.format(expr="'needle' == 'haystack'"),
-        "a/test_ok.py": COUNTING_TEST.format(expr="True"),
+    ws = failing_and_passing(tmp_path, "'needle' == 'haystack'", {
         "s/BUILD": 'sh_test(name = "smoke", srcs = ["smoke.sh"])\n',
         "s/smoke.sh": "echo smoke ok\n",
     })
@@ -324,12 +309,7 @@ def test_timeout_kills_the_whole_process_group(cli: CliRunner, tmp_path: Path) -
 def test_test_records(cli: CliRunner, tmp_path: Path) -> None:
     from ciopt.analytics.records import actions_of, recent_invocations
 
-    ok, bad = tmp_path / "ok.count", tmp_path / "bad.count"
-    ws = make_workspace(tmp_path, {
-        "a/BUILD": py_test_build("test_bad", bad) + py_test_build("test_ok", ok),
-        "a/test_bad.py": COUNTING_TEST.format(expr="False"),
-        "a/test_ok.py": COUNTING_TEST.format(expr="True"),
-    })
+    ws = failing_and_passing(tmp_path, "False")
     run_json(cli, ws, "test", "//...", expect=1)
     run_json(cli, ws, "test", "//...", expect=1)
     db = cli_store(tmp_path) / "records.sqlite"
@@ -349,11 +329,7 @@ def test_bad_flaky_attempts_is_a_usage_error(cli: CliRunner, tmp_path: Path) -> 
 
 
 def test_bypass_runs_cached_tests_again(cli: CliRunner, tmp_path: Path) -> None:
-    counter = tmp_path / "ok.count"
-    ws = make_workspace(tmp_path, {
-        "t/BUILD": py_test_build("test_ok", counter),
-        "t/test_ok.py": COUNTING_TEST.format(expr="True"),
-    })
+    ws, counter = one_py_test(tmp_path, "test_ok", COUNTING_TEST.format(expr="True"))
     run_json(cli, ws, "test", "//...")
     doc = run_json(cli, ws, "test", "//...", env={"CIOPT_DISABLE": "1"})
     t = row_of_test(doc, "//t:test_ok")
