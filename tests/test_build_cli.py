@@ -582,19 +582,23 @@ def test_a_killed_build_leaves_a_usable_store(cli: CliRunner, tmp_path: Path) ->
 
 def interrupt_once_started(proc: subprocess.Popen, pid_file: Path, sig: int) -> tuple[int, str]:
     """Once the action's child has written its pid to `pid_file` (and is alive), send `sig` to the
-    build and wait for it; whatever happens, the build and a surviving child are killed after.
-    Returns the child's pid and the build's stderr."""
+    build and wait for it. Fails if the child outlives the build by more than 10 s; whatever
+    happens, the build and a surviving child are killed after. Returns the child's pid and stderr."""
     child = None
+    survived = False
     try:
         assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != ""), "no child started"
         child = int(pid_file.read_text())
         assert pid_alive(child)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
+        # Checked before the cleanup below, which would otherwise hide a surviving child.
+        survived = not wait_for(lambda: not pid_alive(child), 10)
     finally:
         proc.kill()
         if child is not None and pid_alive(child):
             os.kill(child, signal.SIGKILL)
+    assert not survived, f"the action's child {child} survived signal {sig}"
     return child, stderr
 
 
