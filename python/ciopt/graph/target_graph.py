@@ -88,6 +88,7 @@ class TargetGraph:
         listings = _package_listings(sources.digests, set(build_files))
         targets: dict[Label, Target] = {}
         evaluated = cached = 0
+        fresh: list[tuple[str, bytes]] = []  # new cache entries: one transaction for all of them
         for package, build_path in sorted(build_files.items()):
             key = _eval_key(sources.digests[build_path], package, listings.get(package, []))
             decls = _cached_decls(store, key)
@@ -99,12 +100,13 @@ class TargetGraph:
                 visible = frozenset(p[len(prefix):] for p in listings.get(package, []))
                 decls = evaluate_build_file(root / build_path, package, display_path=build_path, visible=visible)
                 evaluated += 1
-                if store is not None:
-                    store.action_put(key, pickle.dumps(decls, protocol=pickle.HIGHEST_PROTOCOL))
+                fresh.append((key, pickle.dumps(decls, protocol=pickle.HIGHEST_PROTOCOL)))
             else:
                 cached += 1
             for d in decls:
                 targets[d.label] = d
+        if store is not None and fresh:
+            store.action_put_many(fresh)
         zero_config = not build_files
         if infer and any(p.endswith(".py") for p in sources.digests):
             from ciopt.infer.graph import add_inferred_deps, build_file_graph, inferred_targets
