@@ -390,8 +390,12 @@ impl Store {
             }
         }
         let now = now_secs();
+        // In key order, each B-tree page is found and filled once rather than revisited at
+        // random (and the blobs' overflow pages follow the key order in the file).
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_unstable_by(|a, b| items[*a].0.hash.cmp(&items[*b].0.hash));
         self.write(|txn| {
-            for (d, data) in items {
+            for (d, data) in order.iter().map(|&i| &items[i]) {
                 let loc = if d.size > INLINE_MAX { LOC_EXTERNAL } else { LOC_INLINE };
                 let present = self.meta.get(txn, &d.hash)?.is_some();
                 if !present && loc == LOC_INLINE {
@@ -615,7 +619,8 @@ impl Store {
 
     /// Writes the batched access times (LRU order for gc).
     pub fn flush_touches(&self) -> Result<()> {
-        let hashes: Vec<[u8; 32]> = std::mem::take(&mut *self.touched.lock().unwrap()).into_iter().collect();
+        let mut hashes: Vec<[u8; 32]> = std::mem::take(&mut *self.touched.lock().unwrap()).into_iter().collect();
+        hashes.sort_unstable();
         if hashes.is_empty() {
             return Ok(());
         }
