@@ -78,11 +78,15 @@ IMPORT_REEXPORT: int  # JS/TS export ... from
 ImportTuple = tuple[str, int, list[str], int, int]  # (module, level, names, line, flags)
 
 def extract_imports(paths: Sequence[StrPath], lang: str | None = None) -> list[list[ImportTuple] | str]:
-    """Imports of each file (tree-sitter, in parallel); the language follows the extension
+    """Imports of each file (in parallel; Python through the lexical fast path, the rest with
+    tree-sitter); the language follows the extension
     (.py/.pyi, .js/.mjs/.cjs/.jsx, .ts/.mts/.cts, .tsx, .sh/.bash) unless `lang` is given.
     A string in place of a list is the reason that file could not be read."""
 
-def extract_imports_source(source: bytes, lang: str) -> list[ImportTuple]: ...
+def extract_imports_source(source: bytes, lang: str, full: bool = False) -> list[ImportTuple]:
+    """Imports of one source. Python goes through a lexical pre-scanner that yields exactly
+    what the whole tree-sitter walk yields (falling back to it when unsure); `full=True`
+    forces that walk (the reference)."""
 
 class StoreStats(TypedDict):
     path: str

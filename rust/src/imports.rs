@@ -87,7 +87,20 @@ thread_local! {
     static PARSERS: RefCell<Vec<(Lang, Parser)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Imports of a source. Python goes through the lexical pre-scanner (`pyscan`), which yields
+/// exactly what `extract_full` would, and declines (then `extract_full` runs) whatever it
+/// cannot be sure of.
 pub fn extract(lang: Lang, source: &[u8]) -> Vec<Import> {
+    if lang == Lang::Python {
+        if let Ok(v) = crate::pyscan::scan(source) {
+            return v;
+        }
+    }
+    extract_full(lang, source)
+}
+
+/// Imports of a source from its whole tree-sitter tree: the reference for the fast path.
+pub fn extract_full(lang: Lang, source: &[u8]) -> Vec<Import> {
     let tree = PARSERS.with(|cell| {
         let mut parsers = cell.borrow_mut();
         if !parsers.iter().any(|(l, _)| *l == lang) {
@@ -212,7 +225,7 @@ fn python(n: Node, src: &[u8], flags: u32, dynamic: bool, out: &mut Vec<Import>)
         match n.kind() {
             "function_definition" | "lambda" => f |= LAZY,
             "try_statement" if child.kind() == "block" && try_catches_import_error(n, src) => f |= WEAK,
-            "with_statement" if child.kind() == "block" && with_suppresses_import_error(n, src) => f |= WEAK,
+            "with_statement" if child.kind() == "block" && with_suppresses(n, src) => f |= WEAK,
             "if_statement" if Some(child) == n.child_by_field_name("consequence") && is_type_checking(n, src) => {
                 f |= TYPE_CHECKING
             }
@@ -224,34 +237,43 @@ fn python(n: Node, src: &[u8], flags: u32, dynamic: bool, out: &mut Vec<Import>)
 
 fn try_catches_import_error(try_stmt: Node, src: &[u8]) -> bool {
     let mut c = try_stmt.walk();
-    let found = try_stmt.children(&mut c).filter(|ch| ch.kind() == "except_clause").any(|ex| {
-        // The clause's text up to its ':' names what it catches; a bare except catches all.
-        let t = text(ex, src);
-        let head = t.split(':').next().unwrap_or("");
-        let head = head.trim();
-        head == "except"
-            || head.contains("ImportError")
-            || head.contains("ModuleNotFoundError")
-            || head.contains("BaseException")
-            || head.split(|ch: char| !ch.is_alphanumeric()).any(|w| w == "Exception")
-    });
+    let found =
+        try_stmt.children(&mut c).filter(|ch| ch.kind() == "except_clause").any(|ex| except_catches_import_error(text(ex, src)));
     found
 }
 
-fn with_suppresses_import_error(with: Node, src: &[u8]) -> bool {
+/// Whether an except clause (its text from `except` on, at least up to its first ':') catches
+/// ImportError: the text up to that ':' names what it catches; a bare except catches all.
+/// Shared with the lexical fast path (`pyscan`), which must decide exactly alike.
+pub(crate) fn except_catches_import_error(clause: &str) -> bool {
+    let head = clause.split(':').next().unwrap_or("");
+    let head = head.trim();
+    head == "except"
+        || head.contains("ImportError")
+        || head.contains("ModuleNotFoundError")
+        || head.contains("BaseException")
+        || head.split(|ch: char| !ch.is_alphanumeric()).any(|w| w == "Exception")
+}
+
+fn with_suppresses(with: Node, src: &[u8]) -> bool {
     let mut c = with.walk();
     let clause = with.children(&mut c).find(|ch| ch.kind() == "with_clause");
-    clause.is_some_and(|cl| {
-        let t = text(cl, src);
-        t.contains("suppress") && (t.contains("ImportError") || t.contains("ModuleNotFoundError"))
-    })
+    clause.is_some_and(|cl| with_suppresses_import_error(text(cl, src)))
+}
+
+/// Whether a with statement's items (`with_clause` text) suppress ImportError.
+pub(crate) fn with_suppresses_import_error(clause: &str) -> bool {
+    clause.contains("suppress") && (clause.contains("ImportError") || clause.contains("ModuleNotFoundError"))
 }
 
 fn is_type_checking(if_stmt: Node, src: &[u8]) -> bool {
-    if_stmt.child_by_field_name("condition").is_some_and(|c| {
-        let t = text(c, src).trim();
-        t == "TYPE_CHECKING" || t.ends_with(".TYPE_CHECKING")
-    })
+    if_stmt.child_by_field_name("condition").is_some_and(|c| is_type_checking_condition(text(c, src)))
+}
+
+/// Whether an if condition's text is `TYPE_CHECKING` or `<x>.TYPE_CHECKING`.
+pub(crate) fn is_type_checking_condition(cond: &str) -> bool {
+    let t = cond.trim();
+    t == "TYPE_CHECKING" || t.ends_with(".TYPE_CHECKING")
 }
 
 fn string_literal(n: Node, src: &[u8]) -> Option<String> {
@@ -282,38 +304,50 @@ fn python_dynamic(call: Node, src: &[u8], flags: u32, out: &mut Vec<Import>) {
     let children: Vec<Node> = args.named_children(&mut c).collect();
     let positional: Vec<Node> = children.iter().copied().filter(|a| a.kind() != "keyword_argument").collect();
     let Some(first) = positional.first() else { return };
-    let unresolved = |out: &mut Vec<Import>| {
-        out.push(Import {
-            module: text(call, src).to_string(),
-            level: 0,
-            names: vec![],
-            line: line(call),
-            flags: flags | DYNAMIC | UNRESOLVED,
-        })
-    };
-    let Some(lit) = string_literal(*first, src) else { return unresolved(out) };
-    let level = lit.chars().take_while(|&ch| ch == '.').count();
-    if level == 0 {
-        out.push(Import { module: lit, level: 0, names: vec![], line: line(call), flags: flags | DYNAMIC });
-        return;
-    }
-    // A relative name is resolved against the `package` argument (import_module's second
-    // positional or `package=`), not against the calling file: only a literal package can be followed.
+    // The `package` argument: import_module's second positional or `package=`.
     let package = positional.get(1).copied().or_else(|| {
         children.iter().copied().find(|k| {
             k.kind() == "keyword_argument" && k.child_by_field_name("name").is_some_and(|n| text(n, src) == "package")
         })
         .and_then(|k| k.child_by_field_name("value"))
     });
-    let Some(pkg) = package.and_then(|p| string_literal(p, src)) else { return unresolved(out) };
+    out.push(dynamic_import(
+        text(call, src),
+        line(call),
+        flags,
+        string_literal(*first, src),
+        package.and_then(|p| string_literal(p, src)),
+    ));
+}
+
+/// A dynamic import call with at least one positional argument: `first` is that argument's
+/// value when it is a plain string literal, `package` the package argument's likewise.
+/// Shared with the lexical fast path (`pyscan`).
+pub(crate) fn dynamic_import(call: &str, line: u32, flags: u32, first: Option<String>, package: Option<String>) -> Import {
+    let unresolved =
+        || Import { module: call.to_string(), level: 0, names: vec![], line, flags: flags | DYNAMIC | UNRESOLVED };
+    let Some(lit) = first else { return unresolved() };
+    let level = lit.chars().take_while(|&ch| ch == '.').count();
+    if level == 0 {
+        return Import { module: lit, level: 0, names: vec![], line, flags: flags | DYNAMIC };
+    }
+    // A relative name is resolved against the `package` argument, not against the calling
+    // file: only a literal package can be followed.
+    let Some(pkg) = package else { return unresolved() };
     let mut parts: Vec<&str> = pkg.split('.').filter(|p| !p.is_empty()).collect();
     if level - 1 > parts.len() {
-        return unresolved(out);
+        return unresolved();
     }
     parts.truncate(parts.len() - (level - 1));
     let rest = &lit[level..];
-    let module = if rest.is_empty() { parts.join(".") } else if parts.is_empty() { rest.to_string() } else { format!("{}.{rest}", parts.join(".")) };
-    out.push(Import { module, level: 0, names: vec![], line: line(call), flags: flags | DYNAMIC });
+    let module = if rest.is_empty() {
+        parts.join(".")
+    } else if parts.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{}.{rest}", parts.join("."))
+    };
+    Import { module, level: 0, names: vec![], line, flags: flags | DYNAMIC }
 }
 
 // ---- JavaScript / TypeScript ------------------------------------------------------------

@@ -4,6 +4,7 @@
 pub mod b3many;
 pub mod hash;
 pub mod imports;
+pub mod pyscan;
 pub mod scan;
 pub mod stat_cache;
 pub mod store;
@@ -203,7 +204,8 @@ fn import_tuples(v: Vec<imports::Import>) -> Vec<ImportTuple> {
     v.into_iter().map(|i| (i.module, i.level, i.names, i.line, i.flags)).collect()
 }
 
-/// Imports of many files, parsed in parallel with tree-sitter. Each result is a list of
+/// Imports of many files, in parallel (Python through the lexical fast path, the rest with
+/// tree-sitter). Each result is a list of
 /// (module, level, names, line, flags), or a string when the file could not be read or
 /// its language is unknown.
 #[pyfunction]
@@ -233,10 +235,14 @@ fn extract_imports(py: Python<'_>, paths: Vec<PathBuf>, lang: Option<&str>) -> P
         .collect()
 }
 
+/// Imports of one source. `full` skips the lexical fast path for Python and walks the whole
+/// tree-sitter tree (the reference the fast path must equal).
 #[pyfunction]
-fn extract_imports_source(py: Python<'_>, source: &[u8], lang: &str) -> PyResult<Vec<ImportTuple>> {
+#[pyo3(signature = (source, lang, full = false))]
+fn extract_imports_source(py: Python<'_>, source: &[u8], lang: &str, full: bool) -> PyResult<Vec<ImportTuple>> {
     let l = imports::Lang::parse_name(lang).ok_or_else(|| PyValueError::new_err(format!("unknown language '{lang}'")))?;
-    Ok(import_tuples(py.allow_threads(|| imports::extract(l, source))))
+    let extract = if full { imports::extract_full } else { imports::extract };
+    Ok(import_tuples(py.allow_threads(|| extract(l, source))))
 }
 
 #[pyfunction]

@@ -1,7 +1,7 @@
 """Import extraction for many files, cached in the store by file digest.
 
 An unchanged file is never parsed again: its imports are looked up under
-digest("ciopt-imports-v2", language, file digest) in the ActionCache, in one batch.
+digest("ciopt-imports-v3", language, file digest) in the ActionCache, in one batch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import msgpack
 from ciopt import Digest, Store, hash_bytes
 from ciopt._native import extract_imports
 
-CACHE_VERSION = b"ciopt-imports-v2\0"
+CACHE_VERSION = b"ciopt-imports-v3\0"
 ImportTuple = tuple[str, int, list[str], int, int]
 
 
