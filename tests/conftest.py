@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +46,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int = 2, cont
     errors = [l for l in proc.stderr.splitlines() if l.startswith("ciopt: error:")]
     assert len(errors) == 1, proc.stderr
     assert contains in errors[0], errors[0]
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[object]:
+    """An empty remote pool per test (scheduler and executors started by the test); a module
+    may override it with a shared one."""
+    from remote_pool import Pool  # lazy: only remote tests pay for importing zmq
+
+    p = Pool(tmp_path / "pool")
+    try:
+        yield p
+    finally:
+        p.close()

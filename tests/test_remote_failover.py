@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,6 @@ from remote_pool import REMOTE_CONFIG, Pool, wait_for
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[Pool]:
-    p = Pool(tmp_path / "pool")
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def start_build(ws: Path, store: Path, *args: str) -> subprocess.Popen:

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -33,13 +32,6 @@ def ciopt(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subproces
                           timeout=120)
 
 
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[Pool]:
-    p = Pool(tmp_path / "pool")
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def test_keygen_writes_zmq_certificates(tmp_path: Path) -> None:
