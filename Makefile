@@ -10,7 +10,7 @@ CIOPT  := $(VENV)/bin/ciopt
 RUST_SOURCES := Cargo.toml Cargo.lock $(wildcard rust/src/*.rs)
 PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich starlark-pyo3 libcst pyzmq
 
-.PHONY: demo test test-python test-rust bench develop clean
+.PHONY: demo test test-python test-rust bench $(addprefix bench-,$(BENCHES)) develop clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,14 @@ test-python: develop
 test-rust: develop
 	PYO3_PYTHON=$(abspath $(PY)) cargo test -q
 
-bench: develop
-	$(PY) -m pip install -q lmdb psutil
-	$(PY) benches/hash_bench.py
+# Each bench runs ciopt and its named peer side by side and prints the ratios.
+BENCHES := hash graph infer remote
+
+bench: $(addprefix bench-,$(BENCHES))
+
+bench-%: develop
+	$(PY) -m pip install -q lmdb psutil ruff grimp
+	$(PY) benches/$*_bench.py
 
 DEMO_STORE := $(abspath .ciopt-demo)
 
