@@ -10,6 +10,9 @@ CIOPT  := $(VENV)/bin/ciopt
 RUST_SOURCES := Cargo.toml Cargo.lock $(wildcard rust/src/*.rs)
 PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich starlark-pyo3 libcst pyzmq
 
+# benches/<name>_bench.py, run by `make bench` (all) or `make bench-<name>`.
+BENCHES := hash graph infer remote
+
 .PHONY: demo test test-python test-rust bench $(addprefix bench-,$(BENCHES)) develop clean
 
 $(PY):
@@ -43,8 +46,6 @@ test-rust: develop
 	PYO3_PYTHON=$(abspath $(PY)) cargo test -q
 
 # Each bench runs ciopt and its named peer side by side and prints the ratios.
-BENCHES := hash graph infer remote
-
 bench: $(addprefix bench-,$(BENCHES))
 
 bench-%: develop
