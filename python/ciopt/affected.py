@@ -20,13 +20,14 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ciopt.errors import UserError
 from ciopt.graph.target_graph import scan_sources
-from ciopt.infer.graph import build_file_graph
+from ciopt.infer.graph import build_file_graph, inferred_label
 
 if TYPE_CHECKING:
     from ciopt.workspace import Workspace
@@ -261,9 +262,8 @@ def compute_affected(ws: Workspace, base: str, head: str | None = None) -> Affec
                     if ref.path in sources.digests:
                         tests.add(ref.path)
                         reason.setdefault(ref.path, [ref.path, f"{l} (a dependency of this test target changed)"])
-    inferred = {_inferred_label(f) for f in affected_files if f.endswith((".py", ".pyi")) and f in sources.digests}
-    targets |= inferred
-    test_targets |= {_inferred_label(t) for t in tests if t.endswith(".py")}
+    targets |= _labels(f for f in affected_files if f.endswith((".py", ".pyi")) and f in sources.digests)
+    test_targets |= _labels(t for t in tests if t.endswith(".py"))
     return result(targets=sorted(targets), test_targets=sorted(test_targets), test_files=sorted(tests), all=False,
                   reason=reason)
 
@@ -277,7 +277,6 @@ def _chain(test: str, via: dict[str, str | None]) -> list[str]:
     return chain
 
 
-def _inferred_label(path: str) -> str:
-    """Zero-config target of a Python file: //dir:stem."""
-    d, _, name = path.rpartition("/")
-    return f"//{d}:{name.rsplit('.', 1)[0]}"
+def _labels(paths: Iterable[str]) -> set[str]:
+    """The zero-config targets of these Python files (the labels `ciopt query` and `test` use)."""
+    return {str(label) for p in paths if (label := inferred_label(p)) is not None}
