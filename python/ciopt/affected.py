@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ciopt.errors import UserError
+from ciopt.graph.target import BUILD_FILE_NAMES
 from ciopt.graph.target_graph import scan_sources
 from ciopt.infer.graph import build_file_graph, inferred_label
 
@@ -198,8 +199,8 @@ def compute_affected(ws: Workspace, base: str, head: str | None = None) -> Affec
     # Explicit BUILD targets, when the workspace has them.
     target_graph = None
     try:
-        target_graph = TargetGraph.load(tree_root, ws.store, sources) if any(
-            p.rpartition("/")[2] in ("BUILD", "BUILD.ciopt") for p in sources.digests) else None
+        target_graph = TargetGraph.load(tree_root, ws.store, sources, sel.source_roots) if any(
+            p.rpartition("/")[2] in BUILD_FILE_NAMES for p in sources.digests) else None
     except UserError:
         target_graph = None  # a broken BUILD file: fall back to files only, never to fewer tests
     if global_hits:
@@ -243,7 +244,7 @@ def compute_affected(ws: Workspace, base: str, head: str | None = None) -> Affec
         hit = {l for f in affected_files for l in owners.get(f, ())}
         # BUILD files themselves: every target they declare may have changed.
         for p in relevant:
-            if p.rpartition("/")[2] in ("BUILD", "BUILD.ciopt"):
+            if p.rpartition("/")[2] in BUILD_FILE_NAMES:
                 pkg = p.rpartition("/")[0]
                 hit |= {l for l in target_graph.targets if l.package == pkg}
         rev = target_graph.reverse_edges()

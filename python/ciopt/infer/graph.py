@@ -24,7 +24,7 @@ from ciopt import Digest, Store, hash_bytes
 from ciopt._native import IMPORT_UNRESOLVED
 from ciopt.infer.extract import extract_cached
 from ciopt.graph.label import Label
-from ciopt.graph.target import Location, TargetDecl
+from ciopt.graph.target import BUILD_FILE_NAMES, Location, TargetDecl
 from ciopt.infer.targets import InferredTarget
 from ciopt.infer.resolve import ModuleIndex, PythonResolver, conftests_for, detect_source_roots, read_pytest_settings
 
@@ -214,7 +214,7 @@ def inferred_targets(files: FileGraph, all_files: Iterable[str] = ()) -> list[Ta
     tests = set(files.test_files)
     data_by_dir: dict[str, list[str]] = {}
     for p in all_files:
-        if "/" in p and not p.endswith((".py", ".pyi", ".pyc")) and p.rpartition("/")[2] not in ("BUILD", "BUILD.ciopt"):
+        if "/" in p and not p.endswith((".py", ".pyi", ".pyc")) and p.rpartition("/")[2] not in BUILD_FILE_NAMES:
             data_by_dir.setdefault(p.rpartition("/")[0], []).append(p)
     out: list[TargetDecl] = []
     for path in files.edges:
