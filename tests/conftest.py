@@ -28,6 +28,10 @@ def cli(tmp_path: Path) -> CliRunner:
     def run(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None,
             check: bool = False) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "CIOPT_CACHE_DIR": str(tmp_path / "cli-store"), **(env or {})}
+        # py_test in fixture workspaces runs with this suite's venv (it has pytest) unless a test
+        # names another project interpreter; without a venv, python3 on PATH as for any user.
+        if sys.prefix != sys.base_prefix:
+            full_env.setdefault("VIRTUAL_ENV", sys.prefix)
         proc = subprocess.run(
             [sys.executable, "-m", "ciopt", *map(str, args)],
             cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120,

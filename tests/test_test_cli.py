@@ -193,27 +193,32 @@ def test_junit_report(cli: CliRunner, tmp_path: Path) -> None:
     junit = tmp_path / "reports" / "junit.xml"
     run_json(cli, ws, "test", "//...", "--junit", str(junit), expect=1)
     root = ET.parse(junit).getroot()
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    assert root.tag in ("testsuites", "testsuite")
-    cases = {c.get("name"): c for s in suites for c in s.findall("testcase")}
-    assert set(cases) == {"//a:test_bad", "//a:test_ok", "//s:smoke"}
-    assert sum(int(s.get("tests")) for s in suites) == 3
-    assert sum(int(s.get("failures")) for s in suites) == 1
-    failure = cases["//a:test_bad"].find("failure")
+    assert root.tag == "testsuites"
+    # A testsuite per target; in it a testcase per pytest test (sh_test: one for the target).
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    assert set(suites) == {"//a:test_bad", "//a:test_ok", "//s:smoke"}
+    assert suites["//a:test_bad"].get("file") == "a/test_bad.py"
+    cases = {(s, c.get("classname"), c.get("name")): c for s, suite in suites.items() for c in suite.findall("testcase")}
+    assert set(cases) == {("//a:test_bad", "a.test_bad", "test_counts"), ("//a:test_ok", "a.test_ok", "test_counts"),
+                          ("//s:smoke", "s", "//s:smoke")}
+    assert int(root.get("tests")) == 3 and int(root.get("failures")) == 1
+    failure = cases["//a:test_bad", "a.test_bad", "test_counts"].find("failure")
     assert failure is not None and "needle" in (failure.text or "")
-    for name in ("//a:test_ok", "//s:smoke"):
-        assert cases[name].find("failure") is None and cases[name].find("error") is None
-        assert cases[name].find("skipped") is None
+    for key in (("//a:test_ok", "a.test_ok", "test_counts"), ("//s:smoke", "s", "//s:smoke")):
+        assert cases[key].find("failure") is None and cases[key].find("error") is None
+        assert cases[key].find("skipped") is None
     for case in cases.values():
         assert float(case.get("time")) >= 0
 
-    # A second run with the passes cached still reports every test.
+    # A second run with the passes cached still reports every test, per test.
     junit2 = tmp_path / "junit2.xml"
     run_json(cli, ws, "test", "//...", "--junit", str(junit2), expect=1)
-    cases2 = {c.get("name"): c for c in ET.parse(junit2).getroot().iter("testcase")}
+    root2 = ET.parse(junit2).getroot()
+    cases2 = {(s.get("name"), c.get("classname"), c.get("name")): c for s in root2.findall("testsuite")
+              for c in s.findall("testcase")}
     assert set(cases2) == set(cases)
-    assert cases2["//a:test_bad"].find("failure") is not None
-    assert cases2["//a:test_ok"].find("failure") is None
+    assert cases2["//a:test_bad", "a.test_bad", "test_counts"].find("failure") is not None
+    assert cases2["//a:test_ok", "a.test_ok", "test_counts"].find("failure") is None
 
 
 def test_junit_marks_tests_skipped_by_a_failed_build(cli: CliRunner, tmp_path: Path) -> None:
@@ -338,8 +343,9 @@ def test_bypass_runs_cached_tests_again(cli: CliRunner, tmp_path: Path) -> None:
     assert lines(counter) == ["run", "run"]
 
 
-def test_py_test_runs_with_the_interpreter_that_runs_ciopt(cli: CliRunner, tmp_path: Path) -> None:
-    """Tests see the packages of the environment ciopt runs in (its venv), not only the base interpreter's."""
+def test_py_test_runs_with_the_active_virtualenv(cli: CliRunner, tmp_path: Path) -> None:
+    """With ciopt installed in the project's own venv and that venv active, tests see its packages
+    (the venv's python, not the base interpreter it links to)."""
     import sys
 
     ws = make_workspace(tmp_path, {
@@ -353,6 +359,6 @@ def test_py_test_runs_with_the_interpreter_that_runs_ciopt(cli: CliRunner, tmp_p
                 assert sys.prefix == {sys.prefix!r}
         """,
     })
-    doc = run_json(cli, ws, "test", "//...", expect=None)
+    doc = run_json(cli, ws, "test", "//...", expect=None, env={"VIRTUAL_ENV": sys.prefix})
     t = row_of_test(doc, "//t:test_env")
     assert t["outcome"] == "passed", Path(t["log"]).read_text()

@@ -29,6 +29,7 @@ from ciopt.errors import UserError
 from ciopt.graph.target import BUILD_FILE_NAMES
 from ciopt.graph.target_graph import scan_sources
 from ciopt.infer.graph import build_file_graph, inferred_label
+from ciopt.own_outputs import OwnOutputs
 
 if TYPE_CHECKING:
     from ciopt.workspace import Workspace
@@ -95,8 +96,10 @@ def resolve_rev(root: Path, rev: str) -> str:
         raise GitError(f"unknown revision '{rev}' (not a commit in this repository)") from None
 
 
-def changed_files(root: Path, base: str, head: str | None) -> list[Change]:
-    """Workspace-relative changes from `base` to `head` (or to the working tree, untracked included)."""
+def changed_files(root: Path, base: str, head: str | None, own: OwnOutputs | None = None) -> list[Change]:
+    """Workspace-relative changes from `base` to `head` (or to the working tree, untracked included).
+    ciopt's own outputs (`own`, default: ciopt-out/) are never changes, whatever .gitignore says."""
+    own = own or OwnOutputs.of(root)
     top, prefix = _prefix(root)
     prefix_s = "" if str(prefix) == "." else prefix.as_posix() + "/"
     args = ["diff", "--name-status", "-M", "-z", base]
@@ -122,8 +125,11 @@ def changed_files(root: Path, base: str, head: str | None) -> list[Change]:
     for c in out:
         if not c.path.startswith(prefix_s) and not (c.old_path or "").startswith(prefix_s):
             continue
-        rel.append(Change(c.status, c.path[len(prefix_s):] if c.path.startswith(prefix_s) else c.path,
-                          c.old_path[len(prefix_s):] if c.old_path and c.old_path.startswith(prefix_s) else None))
+        change = Change(c.status, c.path[len(prefix_s):] if c.path.startswith(prefix_s) else c.path,
+                        c.old_path[len(prefix_s):] if c.old_path and c.old_path.startswith(prefix_s) else None)
+        if own.contains(change.path) and (change.old_path is None or own.contains(change.old_path)):
+            continue
+        rel.append(change)
     return rel
 
 
@@ -168,7 +174,7 @@ def compute_affected(ws: Workspace, base: str, head: str | None = None) -> Affec
     root = ws.root
     base_commit = resolve_rev(root, base)
     head_commit = resolve_rev(root, head) if head is not None else None
-    changes = changed_files(root, base_commit, head_commit)
+    changes = changed_files(root, base_commit, head_commit, ws.own_outputs)
     changed = sorted({c.path for c in changes} | {c.old_path for c in changes if c.old_path})
     deleted = sorted({c.path for c in changes if c.status == "D"} | {c.old_path for c in changes if c.old_path
                                                                       and c.status == "R"})
@@ -181,7 +187,7 @@ def compute_affected(ws: Workspace, base: str, head: str | None = None) -> Affec
         dirty = _git(root, "status", "--porcelain", "--untracked-files=no").strip()
         if current != head_commit or dirty:
             tree_root = _checkout(root, head_commit, ws.config.cache.local.path)
-    sources = scan_sources(tree_root, ws.store)
+    sources = scan_sources(tree_root, ws.store, ws.own_outputs if tree_root == root else None)
     graph = build_file_graph(tree_root, sources.digests, ws.store, sel.source_roots, virtual=deleted)
     all_tests = graph.test_files
 

@@ -41,6 +41,7 @@ __all__ = [
     "ExecutionConfig",
     "HardwareConfig",
     "LocalCacheConfig",
+    "PythonConfig",
     "RemoteCacheConfig",
     "RemoteExecutionConfig",
     "SelectionConfig",
@@ -103,8 +104,14 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class PythonConfig:
+    interpreter: str | None  # path or command; None = $VIRTUAL_ENV, .venv/, venv/, python3 on PATH
+
+
+@dataclass(frozen=True)
 class SelectionConfig:
     enabled: bool
+    base: str | None  # revision to compare against; None = from the CI environment, else merge-base with origin/HEAD
     global_inputs: tuple[str, ...]  # globs; a change to one selects every test
     source_roots: tuple[str, ...] | None  # workspace-relative import roots; None = detected
     ignore: tuple[str, ...]  # globs; changes to these affect no test (docs, licences)
@@ -138,12 +145,15 @@ class ExecutionConfig:
     jobs: int | None  # None = one per CPU
     flaky_attempts: int  # total attempts of a failing test; 1 = no retry
     sandbox: bool
+    batch: bool  # several py_test files per pytest process
+    batch_max_files: int  # at most this many test files per pytest process
 
 
 @dataclass(frozen=True)
 class Config:
     enabled: bool
     emergency_bypass: bool
+    python: PythonConfig
     cache: CacheConfig
     selection: SelectionConfig
     remote_execution: RemoteExecutionConfig
@@ -374,6 +384,7 @@ def _path(node: yaml.Node) -> str | None:
 _SCHEMA: dict[str, _Key] = {
     "enabled": _Key(False, _bool),
     "emergency_bypass": _Key(False, _bool),
+    "python.interpreter": _Key(None, _text(nullable=True)),
     "cache.local.path": _Key(None, _path),
     "cache.local.max_size": _Key(parse_size("20GiB"), _size),
     "cache.remote.backend": _Key(None, _choice("redis", "http", nullable=True)),
@@ -381,6 +392,7 @@ _SCHEMA: dict[str, _Key] = {
     "cache.remote.read_only": _Key(False, _bool),
     "cache.remote.timeout_s": _Key(5.0, _seconds),
     "selection.enabled": _Key(False, _bool),
+    "selection.base": _Key(None, _text(nullable=True)),
     "selection.global_inputs": _Key(
         ("config/ci-optimization.yaml", "pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini", "setup.py",
          "requirements*.txt", "constraints*.txt", "*.lock", "package-lock.json", "tsconfig.json"),
@@ -403,6 +415,8 @@ _SCHEMA: dict[str, _Key] = {
     "execution.jobs": _Key(None, _int(1, nullable=True)),
     "execution.flaky_attempts": _Key(1, _int(1)),
     "execution.sandbox": _Key(True, _bool),
+    "execution.batch": _Key(True, _bool),
+    "execution.batch_max_files": _Key(200, _int(1)),
 }
 
 # Every proper prefix of a schema key is a section (a mapping in the file).
@@ -673,6 +687,7 @@ def load_config(workspace_root: Path, env: Mapping[str, str] = os.environ) -> Co
     return Config(
         enabled=values["enabled"],
         emergency_bypass=bypass,
+        python=PythonConfig(interpreter=values["python.interpreter"]),
         cache=CacheConfig(
             local=LocalCacheConfig(path=cache_path, max_size=values["cache.local.max_size"]),
             remote=RemoteCacheConfig(
@@ -684,6 +699,7 @@ def load_config(workspace_root: Path, env: Mapping[str, str] = os.environ) -> Co
         ),
         selection=SelectionConfig(
             enabled=values["selection.enabled"],
+            base=values["selection.base"],
             global_inputs=tuple(values["selection.global_inputs"]),
             source_roots=values["selection.source_roots"],
             ignore=tuple(values["selection.ignore"]),
@@ -710,6 +726,8 @@ def load_config(workspace_root: Path, env: Mapping[str, str] = os.environ) -> Co
             jobs=values["execution.jobs"],
             flaky_attempts=values["execution.flaky_attempts"],
             sandbox=values["execution.sandbox"],
+            batch=values["execution.batch"],
+            batch_max_files=values["execution.batch_max_files"],
         ),
         bypass=bypass,
         bypass_reason="; ".join(reasons) or None,

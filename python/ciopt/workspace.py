@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING
 from ciopt import Store, __version__
 from ciopt.config import Config, load_config
 from ciopt.graph.label import Label
-from ciopt.graph.target_graph import TargetGraph
+from ciopt.graph.target_graph import TargetGraph, scan_sources
+from ciopt.own_outputs import OwnOutputs, mark_ignored
 from ciopt.workspace_root import find_workspace_root
 
 # The engine, analytics and analysis load only when a build runs: `ciopt graph`, `affected`
 # and `query` start faster without them.
 if TYPE_CHECKING:
     from ciopt.affected import AffectedResult
+    from ciopt.exec.python_env import PythonEnv
     from ciopt.exec.engine import ActionOutcome, Listener
-    from ciopt.graph.action_graph import ActionGraph
+    from ciopt.graph.action_graph import ActionGraph, Toolchain
     from ciopt.remote.client import RemoteExecutor
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -45,6 +47,9 @@ class BuildResult:
     loading_s: float
     loaded_build_files: tuple[int, int]  # (evaluated, from cache)
     notes: list[str] = field(default_factory=list)
+    test_files: dict[Label, tuple[str, ...]] = field(default_factory=dict)  # py_test -> its test files
+    python: PythonEnv | None = None  # the project interpreter Python actions ran with
+    selection: dict[str, object] | None = None  # {"base", "source", "all", "affected", "unaffected"}
 
     @property
     def failed(self) -> list[ActionOutcome]:
@@ -56,15 +61,18 @@ class BuildResult:
 
     def counts(self) -> dict[str, int]:
         c = {"actions": len(self.outcomes), "executed": 0, "cached_local": 0, "cached_remote": 0, "failed": 0,
-             "skipped": 0}
+             "skipped": 0, "skipped_unaffected": 0}
         for o in self.outcomes.values():
             c[o.status] = c.get(o.status, 0) + 1
         return c
 
     def test_counts(self) -> dict[str, int]:
-        c = {"passed": 0, "failed": 0, "flaky": 0, "timeout": 0, "cached": 0, "not_run": 0}
+        c = {"passed": 0, "failed": 0, "flaky": 0, "timeout": 0, "cached": 0, "not_run": 0, "skipped_unaffected": 0}
         for label in self.tests:
             o = self.outcomes.get(label)
+            if o is not None and o.status == "skipped_unaffected":
+                c["skipped_unaffected"] += 1
+                continue
             if o is None or o.test_outcome is None:
                 c["not_run"] += 1
                 continue
@@ -95,20 +103,29 @@ class BuildResult:
                 "bypass": self.bypass,
                 "bypass_reason": self.bypass_reason,
                 "ciopt_version": __version__,
+                "python": self.python.to_json() if self.python is not None else None,
+                "selection": self.selection,
+                "notes": self.notes,
             },
         }
         if self.command == "test":
             tests = []
             for label in self.tests:
                 o = self.outcomes.get(label)
+                unaffected = bool(o and o.status == "skipped_unaffected")
                 tests.append({
                     "label": str(label),
-                    "outcome": o.test_outcome if o and o.test_outcome else "not_run",
+                    "files": list(self.test_files.get(label, ())),
+                    "outcome": ("skipped_unaffected" if unaffected else
+                                o.test_outcome if o and o.test_outcome else "not_run"),
                     "status": o.status if o else "skipped",
                     "cached": bool(o and o.status in ("cached_local", "cached_remote")),
                     "attempts": o.attempts if o else 0,
                     "duration_s": round(o.duration_s, 4) if o else 0.0,
                     "log": str(o.log) if o and o.log else None,
+                    "message": (o.message or None) if o else None,
+                    "notes": list(o.notes) if o else [],
+                    "cases": o.cases if o else None,
                 })
             doc["tests"] = tests
             doc["summary"]["tests"] = self.test_counts()  # type: ignore[index]
@@ -119,7 +136,9 @@ class Workspace:
     def __init__(self, path: str | os.PathLike[str] = ".", env: Mapping[str, str] = os.environ) -> None:
         self.root = find_workspace_root(Path(path))
         self.config: Config = load_config(self.root, env)
+        self._env = env
         self._store: Store | None = None
+        self._python: PythonEnv | None = None
 
     @property
     def bypass(self) -> bool:
@@ -133,13 +152,33 @@ class Workspace:
         if self._store is None:
             local = self.config.cache.local
             self._store = Store(local.path, max_size=local.max_size)
+            if len(self.own_outputs.dirs) > 1:  # the store lives inside the workspace
+                mark_ignored(Path(local.path))
         return self._store
+
+    @property
+    def own_outputs(self) -> OwnOutputs:
+        """ciopt-out/ and an in-workspace store: never sources, never changes."""
+        return OwnOutputs.of(self.root, self.config.cache.local.path)
+
+    def python_env(self) -> PythonEnv:
+        """The project's interpreter (exec/python_env.py); InterpreterError when it cannot run."""
+        if self._python is None:
+            from ciopt.exec.python_env import resolve_python_env
+
+            configured_at = self.config.sources.get("python.interpreter")
+            cache_dir = None if self.config.bypass else Path(self.config.cache.local.path)
+            self._python = resolve_python_env(self.root, self.config.python.interpreter, configured_at, cache_dir,
+                                              self._env)
+        return self._python
 
     def records_path(self) -> Path:
         return self.config.analytics.path
 
     def load(self) -> TargetGraph:
-        return TargetGraph.load(self.root, self.store, source_roots=self.config.selection.source_roots)
+        store = self.store
+        return TargetGraph.load(self.root, store, scan_sources(self.root, store, self.own_outputs),
+                                source_roots=self.config.selection.source_roots)
 
     def package_of(self, cwd: Path) -> str | None:
         """The package a relative pattern typed in `cwd` refers to."""
@@ -169,34 +208,45 @@ class Workspace:
     def _run(self, command: str, patterns: list[str], *, jobs: int | None = None, keep_going: bool = False,
              flaky_attempts: int | None = None, listener: Listener | None = None, cwd: Path | None = None,
              on_loaded: "callable | None" = None, remote: str | None = None,
-             warn: "callable | None" = None) -> BuildResult:
-        from ciopt.analytics.records import ActionRecord, RecordWriter, critical_path
-        from ciopt.exec.engine import Engine, EngineOptions
-        from ciopt.graph.action_graph import ActionGraph, toolchain_fingerprint
+             warn: "callable | None" = None, batch: bool | None = None, pytest_args: list[str] | None = None,
+             affected_since: str | None = None) -> BuildResult:
+        from ciopt.analytics.records import ActionRecord, RecordWriter, critical_path, last_durations
+        from ciopt.exec.engine import ActionOutcome, Engine, EngineOptions
+        from ciopt.graph.action_graph import ActionGraph, pytest_files, toolchain_fingerprint
 
         started = time.time()
         graph = self.load()
         matched = graph.expand(patterns, self.package_of(cwd or Path.cwd()))
         tests = graph.tests_of(matched) if command == "test" else []
+        notes: list[str] = []
+        unaffected: list[Label] = []
+        selection = None
         if command == "test":
-            wanted = tests
+            selection, unaffected = self._select(graph, tests, affected_since, notes)
+            skip = set(unaffected)
+            wanted = [t for t in tests if t not in skip]
         else:
             # `build` builds what tests need but does not run them.
             wanted = [l for l in matched if not graph.is_test(l) and graph.targets[l].kind != "test_suite"]
             wanted += [d for l in matched if graph.is_test(l) for d in graph.edges[l]]
         # Not cached: analysing 1,000 targets takes ~14 ms, no more than unpickling a cached result.
-        actions = ActionGraph.analyze(graph, wanted)
+        actions = ActionGraph.analyze(graph, wanted, pytest_args or ())
+        python = self.python_env() if any(a.mnemonic == "PyTest" for a in actions.actions.values()) else None
         loading_s = time.time() - started
         if on_loaded is not None:
             on_loaded(graph, actions, wanted)
         jobs = jobs or self.config.execution.jobs or os.cpu_count() or 1
         attempts = flaky_attempts or self.config.execution.flaky_attempts
         digest = self.store.digest_function if self.store is not None else "blake3"
-        toolchain = toolchain_fingerprint(graph.sources.digests)
-        remote_executor = self._remote_executor(remote, actions, graph, toolchain, warn)
+        toolchain = toolchain_fingerprint(graph.sources.digests, python.fingerprint() if python else None)
+        remote_executor = self._remote_executor(remote, actions, graph, toolchain, warn, python)
+        ex = self.config.execution
+        durations = last_durations(self.records_path(), "PyTest") if python is not None else {}
         engine = Engine(self.root, actions, graph.sources, self.store, toolchain,
-                        EngineOptions(jobs=jobs, keep_going=keep_going, flaky_attempts=attempts, digest=digest),
-                        listener, executor=remote_executor)
+                        EngineOptions(jobs=jobs, keep_going=keep_going, flaky_attempts=attempts, digest=digest,
+                                      batch=ex.batch if batch is None else batch,
+                                      batch_max_files=ex.batch_max_files, durations=durations),
+                        listener, executor=remote_executor, python=python)
         if remote_executor is not None:
             remote_executor.stop = engine._stop  # Ctrl-C also ends the waits for remote results
         records = RecordWriter(self.records_path())
@@ -208,9 +258,16 @@ class Workspace:
         finally:
             if remote_executor is not None:
                 remote_executor.close()
-            result = BuildResult(command, matched, outcomes or engine.outcomes, tests, self.bypass,
+            final = dict(outcomes or engine.outcomes)
+            reason = f"not affected by the changes since {selection['base']}" if selection else ""
+            for label in unaffected:
+                final[label] = ActionOutcome(label, "PyTest" if graph.targets[label].kind == "py_test" else "Test",
+                                             "skipped_unaffected", message=reason)
+            result = BuildResult(command, matched, final, tests, self.bypass,
                                  self.config.bypass_reason, started, time.time(), loading_s,
-                                 (graph.evaluated, graph.cached))
+                                 (graph.evaluated, graph.cached), notes=notes, python=python, selection=selection,
+                                 test_files={l: pytest_files(a) for l, a in actions.actions.items()
+                                             if a.mnemonic == "PyTest"})
             depth = actions.critical_path_lengths()
             on_critical_path = set(critical_path(
                 {str(l): o.duration_s for l, o in result.outcomes.items()},
@@ -218,7 +275,8 @@ class Workspace:
                  for l in result.outcomes}))
             for o in result.outcomes.values():
                 records.action(invocation, ActionRecord(
-                    label=str(o.label), status=o.status, mnemonic=o.mnemonic, key=o.key, executor=o.executor or None,
+                    # The records schema predates selection: an unaffected test is "skipped" there, with its reason.
+                    label=str(o.label), status="skipped" if o.status == "skipped_unaffected" else o.status, mnemonic=o.mnemonic, key=o.key, executor=o.executor or None,
                     started_at=o.started_at or None, finished_at=o.finished_at or None, exit_code=o.exit_code,
                     input_bytes=o.input_bytes, output_bytes=o.output_bytes, input_files=o.input_files,
                     output_files=len(o.outputs), attempts=max(o.attempts, 1), test_outcome=o.test_outcome,
@@ -230,14 +288,58 @@ class Workspace:
             records.close()
         return result
 
-    def _remote_executor(self, address: str | None, actions: ActionGraph, graph: TargetGraph, toolchain: str,
-                         warn: "callable | None") -> "RemoteExecutor | None":
+    def _select(self, graph: TargetGraph, tests: list[Label], affected_since: str | None,
+                notes: list[str]) -> tuple[dict[str, object] | None, list[Label]]:
+        """(what selection did, the tests it proved unaffected) for `ciopt test`.
+
+        `--affected-since REV`, else `selection.enabled` with the base from ci/base.py. Every
+        doubt runs the tests: no base, the emergency bypass, a global input changed."""
+        if self.bypass:
+            if affected_since:
+                notes.append("emergency bypass: --affected-since ignored, every test runs")
+            return None, []
+        if affected_since:
+            base, source = affected_since, "--affected-since"
+        elif self.config.use_selection:
+            from ciopt.ci.base import find_base
+
+            found = find_base(self.root, self.config.selection.base, self._env)
+            if found.commit is None:
+                notes.append(f"selection: {found.source}; every test runs")
+                return {"base": None, "source": found.source, "all": True, "affected": len(tests),
+                        "unaffected": 0}, []
+            base, source = found.commit, found.source
+        else:
+            return None, []
+        result = self.affected(base)
+        doc: dict[str, object] = {"base": base, "source": source, "all": result.all, "affected": len(tests),
+                                  "unaffected": 0, "changed_files": len(result.changed_files)}
+        if result.all:
+            why = "; ".join(result.global_inputs_changed) or "selection disabled"
+            notes.append(f"selection: a global input changed ({why}); every test runs")
+            return doc, []
+        keep_labels = set(result.test_targets)
+        keep_files = set(result.test_files)
+        unaffected = []
+        for label in tests:
+            if str(label) in keep_labels:
+                continue
+            srcs = [ref.path for ref in graph.targets[label].attrs.get("srcs", ())]
+            if any(p in keep_files for p in srcs):
+                continue
+            unaffected.append(label)
+        doc["affected"] = len(tests) - len(unaffected)
+        doc["unaffected"] = len(unaffected)
+        return doc, unaffected
+
+    def _remote_executor(self, address: str | None, actions: ActionGraph, graph: TargetGraph, toolchain: Toolchain,
+                         warn: "callable | None", python: PythonEnv | None = None) -> "RemoteExecutor | None":
         """The remote executor for `--remote ADDR` (or remote_execution in config); None = run locally."""
         rx = self.config.remote_execution
         address = address or (rx.scheduler if self.config.use_remote_execution else None)
         if not address:
             return None
-        from ciopt.exec.engine import OUT_DIR
+        from ciopt.own_outputs import OUT_DIR
         from ciopt.remote.client import open_remote_executor
 
         # The source files actions read, so the client can ask the scheduler about all of them at once.
@@ -247,7 +349,8 @@ class Workspace:
         return open_remote_executor(
             address, self.store, self.root / OUT_DIR, toolchain, fallback_to_local=rx.fallback_to_local,
             heartbeat_s=rx.heartbeat_s, heartbeat_timeout_s=rx.heartbeat_timeout_s,
-            priorities=actions.critical_path_lengths(), warn=warn or (lambda m: None), sources=sources)
+            priorities=actions.critical_path_lengths(), warn=warn or (lambda m: None), sources=sources,
+            python=python)
 
 
 __all__ = ["BuildResult", "Workspace"]

@@ -64,6 +64,7 @@ __all__ = [
     "actions_of",
     "critical_path",
     "git_revision",
+    "last_durations",
     "prune",
     "recent_invocations",
 ]
@@ -655,6 +656,27 @@ def actions_of(path: Path, invocation_id: int) -> list[dict[str, object]]:
             d["critical_path"] = bool(d["critical_path"])
             out.append(d)
         return out
+    finally:
+        db.close()
+
+
+def last_durations(path: Path, mnemonic: str, limit: int = 20) -> dict[str, float]:
+    """label -> seconds of its latest real run (executed or failed) among the last `limit`
+    invocations: what the test runner balances batches by. {} when there is no database."""
+    try:
+        db = _read_only(path)
+    except sqlite3.Error:
+        return {}
+    if db is None:
+        return {}
+    try:
+        rows = db.execute(
+            "SELECT a.label, a.duration_s FROM actions a JOIN (SELECT id FROM invocations ORDER BY started_at DESC "
+            "LIMIT ?) i ON a.invocation_id = i.id WHERE a.mnemonic = ? AND a.status IN ('executed', 'failed') "
+            "AND a.duration_s IS NOT NULL ORDER BY a.finished_at", (limit, mnemonic))
+        return {label: float(d) for label, d in rows}  # later runs overwrite earlier ones
+    except sqlite3.Error:
+        return {}
     finally:
         db.close()
 

@@ -72,7 +72,7 @@ def graph(path: Path | None, output: str) -> None:
 
     ws = Workspace(path or Path.cwd())
     root = path.resolve() if path is not None else ws.root
-    sources = scan_sources(root, ws.store)
+    sources = scan_sources(root, ws.store, ws.own_outputs if root == ws.root else None)
     g = build_file_graph(root, sources.digests, ws.store, ws.config.selection.source_roots)
     if output == "json":
         emit_json(g.to_json())

@@ -26,7 +26,7 @@ def _common(f):
 
 def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None,
          output: str, flaky_attempts: int | None = None, junit: Path | None = None,
-         remote: str | None = None) -> None:
+         remote: str | None = None, **test_options: object) -> None:
     from ciopt.cli.progress import Progress
     from ciopt.workspace import Workspace
 
@@ -52,13 +52,13 @@ def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: 
     try:
         result = ws._run(command, list(patterns), jobs=jobs, keep_going=keep_going, flaky_attempts=flaky_attempts,
                          listener=bar.event, on_loaded=loaded, remote=remote,
-                         warn=lambda m: click.echo(f"ciopt: warning: {m}", err=True))
+                         warn=lambda m: click.echo(f"ciopt: warning: {m}", err=True), **test_options)
     finally:
         bar.stop()
     if junit is not None:
         from ciopt.exec.junit import write_junit
 
-        write_junit(junit, result.tests, result.outcomes, result.finished_at - result.started_at)
+        write_junit(junit, result)
     if output == "json":
         emit_json(result.to_json())
     _summary(result, show_failures=not show)
@@ -69,6 +69,11 @@ def _summary(result, show_failures: bool) -> None:
     from ciopt.exec.engine import log_tail
 
     err = sys.stderr
+    if result.python is not None and result.counts()["executed"] + result.counts()["failed"]:
+        err.write(f"python: {result.python.executable} ({result.python.implementation} {result.python.version}; "
+                  f"{result.python.reason})\n")
+    for note in result.notes:
+        err.write(f"note: {note}\n")
     if show_failures:
         for o in result.failed:
             err.write(f"FAILED {o.label}: {o.message}\n")
@@ -83,8 +88,14 @@ def _summary(result, show_failures: bool) -> None:
               f"in {elapsed:.2f}s (loading {result.loading_s:.2f}s)\n")
     if result.command == "test":
         t = result.test_counts()
+        unaffected = f", {t['skipped_unaffected']} skipped (unaffected)" if result.selection else ""
         err.write(f"tests: {len(result.tests)} total, {t['passed']} passed ({t['cached']} cached), "
-                  f"{t['flaky']} flaky, {t['failed']} failed, {t['timeout']} timed out, {t['not_run']} not run\n")
+                  f"{t['flaky']} flaky, {t['failed']} failed, {t['timeout']} timed out, {t['not_run']} not run"
+                  f"{unaffected}\n")
+        if result.selection and result.selection.get("base"):
+            err.write(f"selection: changes since {str(result.selection['base'])[:12]} "
+                      f"({result.selection['source']}) affect {result.selection['affected']} of "
+                      f"{len(result.tests)} tests\n")
         for label in result.tests:
             o = result.outcomes.get(label)
             if o is not None and o.test_outcome == "flaky":
@@ -115,28 +126,54 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progres
     _run("build", patterns, jobs, keep_going, progress, output, remote=remote)
 
 
-@click.command()
+class _PytestArgsCommand(click.Command):
+    """Everything after `--` goes to pytest, not to the patterns."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta["pytest_args"] = args[i + 1:]
+            args = args[:i]
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_PytestArgsCommand)
 @click.argument("patterns", nargs=-1, required=True)
 @_common
 @click.option("--flaky-attempts", type=click.IntRange(min=1), default=None,
               help="Run a failing test up to N times; a later pass is reported FLAKY (and not cached).")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a JUnit XML report to this file.")
-def test(patterns: tuple[str, ...], jobs: int | None, progress: bool | None, output: str,
-         flaky_attempts: int | None, junit: Path | None, remote: str | None) -> None:
+              help="Write a JUnit XML report to this file (a testsuite per test target, a testcase per test).")
+@click.option("--affected-since", metavar="REV", default=None,
+              help="Run only the tests a change since REV can affect (as `ciopt affected --base REV`, "
+                   "uncommitted changes included); the others are reported skipped_unaffected.")
+@click.option("--batch/--no-batch", default=None,
+              help="Several py_test files per pytest process (default: execution.batch, on). --no-batch runs "
+                   "one file per process.")
+@click.pass_context
+def test(ctx: click.Context, patterns: tuple[str, ...], jobs: int | None, progress: bool | None, output: str,
+         flaky_attempts: int | None, junit: Path | None, remote: str | None, affected_since: str | None,
+         batch: bool | None) -> None:
     """Run test targets (py_test, sh_test, test_suite) matched by the patterns.
 
-    A test that passed with exactly the same inputs is not run again: its cached result
-    (and log, under ciopt-out/testlogs/) is reused. One failing test never stops the others;
-    a failing build action skips only the tests that depend on it.
+    py_test runs with the project's interpreter (python.interpreter, else $VIRTUAL_ENV, else
+    .venv/ or venv/, else python3 on PATH; never ciopt's own) with the source roots on
+    PYTHONPATH. Test files are packed into a few pytest processes (one per -j slot) but
+    cached per file: a file that passed with exactly the same inputs, arguments and installed
+    distributions is not run again; its result and log (ciopt-out/testlogs/) are reused.
+    One failing file never fails its neighbours; a crashed batch re-runs its unreported files
+    one per process. Arguments after `--` go to pytest (and into every test's cache key).
 
     \b
     Examples:
       ciopt test //...
+      ciopt test //... --affected-since origin/main -o json
       ciopt test //api/... --flaky-attempts 3 --junit reports/junit.xml
+      ciopt test //... -- -k "not slow" -x
     Exit: 0 all passed, 1 a test failed, 2 bad input.
     """
-    _run("test", patterns, jobs, True, progress, output, flaky_attempts, junit, remote)
+    _run("test", patterns, jobs, True, progress, output, flaky_attempts, junit, remote,
+         batch=batch, pytest_args=list(ctx.meta.get("pytest_args", [])), affected_since=affected_since)
 
 
 @click.command()

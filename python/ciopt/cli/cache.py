@@ -106,7 +106,9 @@ def ingest(root: Path, store_path: Path | None, digest: str | None, output: str)
     A second run over an unchanged tree reads no file and writes no blob.
     """
     s = open_store(store_path, digest)
-    tree = s.hash_tree(root)
+    from ciopt.own_outputs import OwnOutputs
+
+    tree = s.hash_tree(root, excludes=OwnOutputs.of(root, s.path).walk_excludes())
     entries = [e for e in tree.entries() if not e.is_symlink]
     missing = set(s.find_missing([e.digest for e in entries]))
     stored = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,7 +12,11 @@ from ciopt.cli.errors import EXIT_USAGE, exit_with, fail
 from ciopt.cli.output import emit_json, output_option
 from ciopt.config import CONFIG_RELPATH, Config, ConfigError, load_config, validate_file
 from ciopt.size import format_size
+from ciopt.errors import UserError
 from ciopt.workspace_root import WorkspaceNotFound, find_workspace_root
+
+if TYPE_CHECKING:
+    from ciopt.exec.python_env import PythonEnv
 
 
 @click.group()
@@ -72,9 +77,11 @@ def show(output: str) -> None:
         click.echo(f"ciopt: warning: {warning}", err=True)
 
     values = cfg.flat()
+    python, python_error = _python(root, cfg)
     if output == "json":
         emit_json({
             "workspace": str(root),
+            "python": python.to_json() if python is not None else {"error": python_error},
             "file": str(cfg.file) if cfg.file is not None else None,
             "bypass": cfg.bypass,
             "bypass_reason": cfg.bypass_reason,
@@ -90,6 +97,11 @@ def show(output: str) -> None:
         click.echo(f"bypass:    ON ({cfg.bypass_reason}): no cache read or written, no selection, nothing remote")
     else:
         click.echo("bypass:    off")
+    if python is not None:
+        click.echo(f"python:    {python.executable} ({python.implementation} {python.version}, "
+                   f"{len(python.distributions)} distributions) <- {python.reason}")
+    else:
+        click.echo(f"python:    NONE: {python_error}")
     switches = _effective_switches(cfg)
     click.echo("in effect: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
     click.echo("")
@@ -99,6 +111,17 @@ def show(output: str) -> None:
     value_width = min(max(map(len, shown.values())), 40)
     for key, text in shown.items():
         click.echo(f"{key:<{key_width}}  {text:<{value_width}}  # {cfg.sources[key]}")
+
+
+def _python(root: Path, cfg: Config) -> tuple[PythonEnv | None, str | None]:
+    """The project interpreter py_test would run with, or why there is none."""
+    from ciopt.exec.python_env import resolve_python_env
+
+    try:
+        cache = None if cfg.bypass else Path(cfg.cache.local.path)
+        return resolve_python_env(root, cfg.python.interpreter, cfg.sources.get("python.interpreter"), cache), None
+    except UserError as e:
+        return None, str(e)
 
 
 def _default_target() -> tuple[Path | None, str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import sys
 
 import click
 
 from ciopt import hash_files, hash_tree
+from ciopt.own_outputs import OwnOutputs
+from ciopt.store_location import default_store_path
 from ciopt.cli.errors import fail
 from ciopt.cli.output import output_option
 
@@ -97,7 +100,9 @@ def _rows_by_argument(paths: tuple[str, ...], digest: str, gitignore: bool) -> l
     for p in paths:
         if os.path.isdir(p):
             flush()
-            tree = hash_tree(p, digest=digest, gitignore=gitignore)
+            # ciopt's own outputs under the directory are not content, .gitignore or not.
+            excludes = OwnOutputs.of(Path(p), default_store_path()).walk_excludes()
+            tree = hash_tree(p, digest=digest, gitignore=gitignore, excludes=excludes)
             entries = tree.entries()
             links = [e for e in entries if e.is_symlink]
             # Like b3sum on the same names: symlinks are followed, dangling ones skipped.

@@ -9,6 +9,7 @@ walk reaches each action, as in Bazel's Skyframe.
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import shutil
 import threading
@@ -17,16 +18,21 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ciopt import CorruptBlobError, Digest, Store, hash_file, tree_digest
 from ciopt.exec.action_result import ActionResult, OutputFile
-from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor, kill_all
+from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor, RunResult, kill_all
 from ciopt.exec.write_behind import WriteBehind
-from ciopt.graph.action_graph import Action, ActionGraph, action_key
+from ciopt.exec.test_runner import FileResults, batchable, merge_reports, plan_batches
+from ciopt.graph.action_graph import Action, ActionGraph, Toolchain, action_key, pytest_files
 from ciopt.graph.label import Label
 from ciopt.graph.target_graph import SourceTree
+from ciopt.own_outputs import OUT_DIR, mark_ignored
 
-OUT_DIR = "ciopt-out"
+if TYPE_CHECKING:
+    from ciopt.exec.python_env import PythonEnv
+
 LOG_TAIL_LINES = 40
 
 
@@ -34,7 +40,7 @@ LOG_TAIL_LINES = 40
 class ActionOutcome:
     label: Label
     mnemonic: str
-    status: str  # executed | cached_local | cached_remote | failed | skipped
+    status: str  # executed | cached_local | cached_remote | failed | skipped | skipped_unaffected
     key: str | None = None
     executor: str = ""
     started_at: float = 0.0
@@ -48,6 +54,9 @@ class ActionOutcome:
     input_files: int = 0
     input_bytes: int = 0
     output_bytes: int = 0
+    # Per-test results of a py_test (from the pytest plugin): [{"nodeid", "outcome", "duration_s"}].
+    cases: list[dict[str, object]] | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. "tests/x.py: no tests collected"
 
     @property
     def duration_s(self) -> float:
@@ -63,12 +72,15 @@ class EngineOptions:
     keep_going: bool = False
     flaky_attempts: int = 1
     digest: str = "blake3"
+    batch: bool = True  # pack py_test files into few pytest processes (test_runner.py)
+    batch_max_files: int = 200
+    durations: dict[str, float] = field(default_factory=dict)  # label -> last run's seconds (balancing)
 
 
 class Engine:
     def __init__(self, root: Path, actions: ActionGraph, sources: SourceTree, store: Store | None,
-                 toolchain: str, options: EngineOptions, listener: Listener | None = None,
-                 executor: Executor | None = None) -> None:
+                 toolchain: Toolchain, options: EngineOptions, listener: Listener | None = None,
+                 executor: Executor | None = None, python: PythonEnv | None = None) -> None:
         self.root = root
         self.ag = actions
         self.sources = sources
@@ -77,11 +89,16 @@ class Engine:
         self.opts = options
         self.listener = listener or (lambda *_: None)
         self.out_root = root / OUT_DIR
+        mark_ignored(self.out_root)  # git status stays clean in repositories that never heard of us
         self.outcomes: dict[Label, ActionOutcome] = {}
-        self.executor: Executor = executor or LocalExecutor(self.out_root, options.digest)
+        self.local = LocalExecutor(self.out_root, options.digest, python)
+        self.executor: Executor = executor or self.local
         self.writer = WriteBehind(store)
         self._pending_outputs: list[OutputFile] = []
         self._stop = threading.Event()
+        self._solo: set[Label] = set()  # tests to run alone: their batch died before they reported
+        self._batch_seq = 0
+        self._batch_lock = threading.Lock()
 
     # -- scheduling ---------------------------------------------------------------
 
@@ -95,11 +112,17 @@ class Engine:
                 dependents[d].append(l)
         ready: list[tuple[int, Label]] = [(-priority[l], l) for l in needed if not waiting[l]]
         heapq.heapify(ready)
-        running: dict[Future[ActionOutcome], Label] = {}
+        running: dict[Future[list[ActionOutcome]], list[Label]] = {}
+        to_batch: list[tuple[Action, list[tuple[str, Digest, bool]], ActionOutcome]] = []
         failed_any = False
 
         def finish(label: Label, outcome: ActionOutcome) -> None:
             nonlocal failed_any
+            if outcome.status == "requeue":
+                # Its batch died before it reported: run it again, alone, to name the culprit.
+                self._solo.add(label)
+                heapq.heappush(ready, (-priority[label], label))
+                return
             self.outcomes[label] = outcome
             self.listener("finish", label, outcome)
             if outcome.status in ("failed", "skipped"):
@@ -111,10 +134,14 @@ class Engine:
                 if not waiting[d] and d not in self.outcomes:
                     heapq.heappush(ready, (-priority[d], d))
 
+        def busy() -> int:
+            return len(running)  # processes: a batch is one, however many files it holds
+
         pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs), thread_name_prefix="ciopt-action")
         try:
-            while ready or running:
-                while ready and len(running) < self.opts.jobs and not (failed_any and not self.opts.keep_going):
+            while ready or running or to_batch:
+                stopping = failed_any and not self.opts.keep_going
+                while ready and busy() < self.opts.jobs and not stopping:
                     _, label = heapq.heappop(ready)
                     if label in self.outcomes:
                         continue
@@ -128,13 +155,28 @@ class Engine:
                         continue
                     # An execution reads its inputs from ciopt-out/: restore any pending outputs first.
                     self._flush_materialize()
-                    running[pool.submit(self._execute_guarded, action, inputs, outcome)] = label
+                    if self._local_tests(action):
+                        if self.opts.batch and batchable(action) and label not in self._solo:
+                            to_batch.append((action, inputs, outcome))  # started together below
+                            continue
+                        running[pool.submit(self._execute_tests_guarded, [(action, inputs, outcome)])] = [label]
+                        continue
+                    running[pool.submit(self._execute_guarded, action, inputs, outcome)] = [label]
+                if to_batch and not stopping:
+                    free = max(1, self.opts.jobs - busy())
+                    for batch in plan_batches(to_batch, lambda it: it[0], free, self.opts.batch_max_files,
+                                              self.opts.durations):
+                        running[pool.submit(self._execute_tests_guarded, batch)] = [a.label for a, _, _ in batch]
+                    to_batch = []
+                elif to_batch:
+                    to_batch = []  # stopping after a failure: they are reported as not started
                 if not running:
                     break  # nothing runs and nothing may start (stopping after a failure)
                 done, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    label = running.pop(fut)
-                    finish(label, fut.result())
+                    running.pop(fut)
+                    for outcome in fut.result():
+                        finish(outcome.label, outcome)
         except KeyboardInterrupt:
             self._stop.set()
             kill_all()
@@ -198,7 +240,7 @@ class Engine:
             outcome.input_files = len(inputs)
             outcome.input_bytes = sum(d.size for _, d, _ in inputs)
             tree = tree_digest(inputs, self.opts.digest)
-            outcome.key = action_key(action, tree, self.toolchain, self.opts.digest)
+            outcome.key = action_key(action, tree, self.toolchain.for_action(action), self.opts.digest)
             if self.store is not None:
                 self._try_cache(action, outcome)
         except Exception as e:  # noqa: BLE001 - one broken action must not take the build down
@@ -208,14 +250,18 @@ class Engine:
         return outcome, inputs
 
     def _execute_guarded(self, action: Action, inputs: list[tuple[str, Digest, bool]],
-                         outcome: ActionOutcome) -> ActionOutcome:
+                         outcome: ActionOutcome) -> list[ActionOutcome]:
         try:
             self._execute(action, inputs, outcome)
         except Exception as e:  # noqa: BLE001
             outcome.status = "failed"
             outcome.message = f"internal error: {type(e).__name__}: {e}"
         outcome.finished_at = outcome.finished_at or time.time()
-        return outcome
+        return [outcome]
+
+    def _local_tests(self, action: Action) -> bool:
+        """py_tests run here (not on a remote executor) go through the batching test runner."""
+        return action.mnemonic == "PyTest" and self.executor is self.local
 
     def _try_cache(self, action: Action, outcome: ActionOutcome) -> None:
         assert self.store is not None and outcome.key is not None
@@ -241,6 +287,14 @@ class Engine:
         outcome.test_outcome = result.test_outcome
         outcome.attempts = 0
         outcome.log = log
+        outcome.notes = list(result.extra.get("notes", []))  # type: ignore[arg-type]
+        report = result.extra.get("cases")
+        if isinstance(report, str):
+            try:
+                raw = self.store.get(report)
+                outcome.cases = json.loads(raw) if raw is not None else None
+            except (CorruptBlobError, ValueError):
+                outcome.cases = None
         outcome.finished_at = time.time()
 
     def _flush_materialize(self) -> None:
@@ -286,6 +340,10 @@ class Engine:
                 outcome.message = "interrupted"
                 return
             result = self.executor.execute(action, staged, log)
+            if action.mnemonic == "PyTest" and result.exit_code == 5 and not result.timed_out:
+                # pytest's "no tests collected": nothing failed. Counted as a pass, with a note.
+                result.exit_code = 0
+                outcome.notes = ["no tests collected (pytest exit code 5)"]
             outcome.attempts = attempt
             outcome.exit_code = result.exit_code
             outcome.executor = result.executor
@@ -315,6 +373,108 @@ class Engine:
                                else f"exit code {result.exit_code}")
         outcome.status = "failed"
 
+    # -- py_test files, batched -------------------------------------------------------
+
+    def _execute_tests_guarded(self, batch: list[tuple[Action, list[tuple[str, Digest, bool]], ActionOutcome]]
+                               ) -> list[ActionOutcome]:
+        try:
+            self._execute_tests(batch)
+        except Exception as e:  # noqa: BLE001
+            for _, _, outcome in batch:
+                if outcome.status == "pending":
+                    outcome.status = "failed"
+                    outcome.message = f"internal error: {type(e).__name__}: {e}"
+        for _, _, outcome in batch:
+            outcome.finished_at = outcome.finished_at or time.time()
+        return [o for _, _, o in batch]
+
+    def _execute_tests(self, batch: list[tuple[Action, list[tuple[str, Digest, bool]], ActionOutcome]]) -> None:
+        """Run py_test actions in one pytest process (then the failed ones again, up to their
+        attempts); each gets its own outcome, log, and cache entry."""
+        failures: dict[Label, int] = {a.label: 0 for a, _, _ in batch}
+        attempt = 0
+        pending = list(batch)
+        while pending:
+            attempt += 1
+            if self._stop.is_set():
+                for _, _, outcome in pending:
+                    outcome.status, outcome.message = "failed", "interrupted"
+                return
+            staged: dict[str, InputFile] = {}
+            for action, inputs, _ in pending:
+                for path, digest, executable in inputs:
+                    if path not in staged:
+                        producer = self.ag.producers.get(path)
+                        local = self.out_root / path if producer is not None and producer != action.label \
+                            else self.root / path
+                        staged[path] = InputFile(path, digest, executable, local)
+            files = [f for a, _, _ in pending for f in pytest_files(a)]
+            with self._batch_lock:
+                self._batch_seq += 1
+                seq = self._batch_seq
+            batch_log = self.out_root / "testlogs" / "_batches" / f"{seq}.log"
+            run, reports = self.local.execute_pytest([a for a, _, _ in pending], list(staged.values()), files,
+                                                     batch_log)
+            by_file = {str(r.get("file")): r for r in reports}
+            retry = []
+            for action, inputs, outcome in pending:
+                res = merge_reports(pytest_files(action), by_file)
+                outcome.attempts = attempt
+                outcome.executor = self.local.id
+                outcome.exit_code = 0 if res.outcome == "passed" else (run.exit_code or 1)
+                if res.outcome == "missing" and len(pending) > 1:
+                    # The process died (crash, os._exit, timeout) before this file finished: run it
+                    # again alone, so the culprit is named and nothing is reported that did not run.
+                    outcome.status = "requeue"
+                    continue
+                self._write_test_log(action, outcome, res, run, batch_log, len(files))
+                outcome.cases, outcome.notes = res.cases, res.notes
+                # The file's own time inside the batch (what balancing and analytics want), not the batch's.
+                if res.started_at is not None and not failures[action.label]:
+                    outcome.started_at = res.started_at
+                outcome.finished_at = (res.started_at + res.wall_s) if res.started_at is not None else time.time()
+                if res.outcome == "passed":
+                    outcome.status = "executed"
+                    outcome.test_outcome = "flaky" if failures[action.label] else "passed"
+                    if self.store is not None and not failures[action.label]:
+                        self._record(action, outcome, ExecResult(0, False, run.started_at, run.finished_at,
+                                                                 self.local.id))
+                    continue
+                failures[action.label] += 1
+                if res.outcome == "missing":
+                    outcome.test_outcome = "timeout" if run.timed_out else "failed"
+                    outcome.message = (f"timed out after {action.timeout_s:g} s" if run.timed_out else
+                                       f"pytest exited {run.exit_code} before reporting {', '.join(res.missing)} "
+                                       "(crashed or exited early)")
+                else:
+                    outcome.test_outcome = "failed"
+                    bad = [c["nodeid"] for c in res.cases if c.get("outcome") in ("failed", "error")]
+                    outcome.message = (f"{len(bad)} failed: {', '.join(map(str, bad[:3]))}"
+                                       f"{' ...' if len(bad) > 3 else ''}" if bad else "error collecting tests")
+                limit = max(1, self.opts.flaky_attempts, 3 if action.flaky else 1)
+                if attempt < limit and res.outcome == "failed":
+                    log = self._log_path(action)
+                    shutil.copyfile(log, log.with_name(f"{log.stem}.attempt_{attempt}{log.suffix}"))
+                    retry.append((action, inputs, outcome))  # only the failed files run again
+                else:
+                    outcome.status = "failed"
+            pending = retry
+
+    def _write_test_log(self, action: Action, outcome: ActionOutcome, res: FileResults, run: RunResult,
+                        batch_log: Path, batch_files: int) -> None:
+        log = self._log_path(action)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        head = (f"ciopt: {action.label}: {', '.join(pytest_files(action))} ran in one pytest process with "
+                f"{batch_files - 1} other file(s); that process's whole output: {batch_log}\n"
+                if batch_files > 1 else "")
+        body = res.log
+        if res.outcome == "missing" or (res.outcome == "failed" and not res.cases) or batch_files == 1:
+            body += log_tail(batch_log, 400) + "\n"  # what pytest itself printed
+        for note in res.notes:
+            body += f"note: {note}\n"
+        log.write_text(head + body, encoding="utf-8", errors="replace")
+        outcome.log = log
+
     def _failure_log_path(self, action: Action) -> Path:
         return self.out_root / "logs" / (action.label.package or ".") / f"{action.label.name}.log"
 
@@ -325,10 +485,18 @@ class Engine:
         if action.is_test and outcome.log is not None:
             stdout = hash_file(outcome.log, self.opts.digest)
             files.append(outcome.log)
+        extra: dict[str, object] = {}
+        if outcome.cases is not None:
+            cases = self.out_root / "testlogs" / (action.label.package or ".") / action.label.name / "cases.json"
+            cases.write_text(json.dumps(outcome.cases, sort_keys=True))
+            extra["cases"] = str(hash_file(cases, self.opts.digest))
+            files.append(cases)
+        if outcome.notes:
+            extra["notes"] = list(outcome.notes)
         result = ActionResult(
             exit_code=0, outputs=tuple(outcome.outputs.values()), stdout=stdout, stderr=stderr,
             started_at=run.started_at, finished_at=run.finished_at, executor=run.executor,
-            test_outcome=outcome.test_outcome, attempts=outcome.attempts,
+            test_outcome=outcome.test_outcome, attempts=outcome.attempts, extra=extra,
         )
         self.writer.add(files, outcome.key, result.encode())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,12 +13,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ciopt import Digest, hash_file
 from ciopt.exec.action_result import OutputFile
 from ciopt.exec.sandbox import OutputError, Sandbox
-from ciopt.graph.action_graph import BASE_PATH, Action
+from ciopt.graph.action_graph import BASE_PATH, PROJECT_PYTHON, PYTEST_ARGV, Action, pytest_files as _pytest_files
+
+
+
+if TYPE_CHECKING:
+    from ciopt.exec.python_env import PythonEnv
+
+# The pytest plugin of batched runs, copied into each sandbox: the project's interpreter has no ciopt.
+PLUGIN_SOURCE = Path(__file__).with_name("pytest_plugin.py")
+PLUGIN_MODULE = "_ciopt_report"
 
 # Children of this process, by process group, so Ctrl-C can stop all of them.
 _running: set[int] = set()
@@ -66,20 +76,38 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs actions on this machine, each in a fresh sandbox."""
 
-    def __init__(self, out_root: Path, digest: str = "blake3") -> None:
+    def __init__(self, out_root: Path, digest: str = "blake3", python: PythonEnv | None = None) -> None:
         # Outputs are hashed here and stored by the engine in batches (one transaction for
         # many actions), so the executor never writes to the store.
         self.out_root = out_root
         self.sandbox_base = out_root / ".sandbox"
         self.digest = digest
+        self.python = python  # the project's interpreter for $(PYTHON); None: resolved on first use
         self.id = f"local:{socket.gethostname()}"
+
+    def _python(self) -> PythonEnv:
+        if self.python is None:
+            from ciopt.exec.python_env import resolve_python_env
+
+            self.python = resolve_python_env(Path.cwd(), None, None, None)
+        return self.python
+
+    def argv(self, action: Action, argv: list[str] | None = None) -> list[str]:
+        argv = list(argv if argv is not None else action.argv)
+        if argv[:1] == [PROJECT_PYTHON]:
+            argv[0] = self._python().executable
+        return argv
+
+    def env(self, action: Action, tmp: Path) -> dict[str, str]:
+        python = self._python() if action.argv[:1] == (PROJECT_PYTHON,) else None
+        return action_env(action, tmp, python)
 
     def execute(self, action: Action, inputs: list[InputFile], log: Path) -> ExecResult:
         sandbox = Sandbox(self.sandbox_base, str(action.label))
         try:
             sandbox.stage((i.path, i.local, i.is_executable) for i in inputs)
             sandbox.prepare_outputs(action.outputs)
-            run = run_command(list(action.argv), sandbox.root, action_env(action, sandbox.tmp), action.timeout_s,
+            run = run_command(self.argv(action), sandbox.root, self.env(action, sandbox.tmp), action.timeout_s,
                               sandbox.dir)
             result = ExecResult(run.exit_code, run.timed_out, run.started_at, run.finished_at, self.id)
             if result.exit_code == 0 and not result.timed_out:
@@ -97,6 +125,46 @@ class LocalExecutor:
         finally:
             sandbox.cleanup()
 
+    def execute_pytest(self, actions: list[Action], inputs: list[InputFile], files: list[str],
+                       log: Path) -> tuple[RunResult, list[dict[str, object]]]:
+        """Run the test `files` of `actions` (compatible: same env and extra arguments) in one
+        pytest process, in one sandbox holding the union of their inputs. Returns the run and
+        the per-file reports of the plugin, in the order the files finished; stdout and stderr go
+        to `log`."""
+        first = actions[0]
+        sandbox = Sandbox(self.sandbox_base, str(first.label) + (f"+{len(actions) - 1}" if len(actions) > 1 else ""))
+        try:
+            sandbox.stage((i.path, i.local, i.is_executable) for i in inputs)
+            plugins = sandbox.dir / "plugins"
+            plugins.mkdir()
+            shutil.copyfile(PLUGIN_SOURCE, plugins / f"{PLUGIN_MODULE}.py")
+            report = sandbox.dir / "report.jsonl"
+            env = self.env(first, sandbox.tmp)
+            env["PYTHONPATH"] = f"{plugins}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(plugins)
+            env["CIOPT_REPORT"] = str(report)
+            n_fixed = len(PYTEST_ARGV)
+            extra = [a for a in first.argv[n_fixed:] if a not in set(_pytest_files(first))]
+            argv = self.argv(first, [*first.argv[:n_fixed], "--continue-on-collection-errors", "-p", PLUGIN_MODULE,
+                                     *files, *extra])
+            timeouts = [a.timeout_s for a in actions]
+            timeout = None if any(t is None for t in timeouts) else sum(timeouts)  # type: ignore[misc]
+            run = run_command(argv, sandbox.root, env, timeout, sandbox.dir)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "wb") as f:
+                for part in (run.stdout, run.stderr):
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, f)
+            reports: list[dict[str, object]] = []
+            if report.is_file():
+                for line in report.read_text(encoding="utf-8", errors="replace").splitlines():
+                    try:
+                        reports.append(json.loads(line))
+                    except ValueError:
+                        break  # a torn last line: the process died while writing it
+            return run, reports
+        finally:
+            sandbox.cleanup()
+
     def _collect(self, action: Action, sandbox: Sandbox) -> dict[str, OutputFile]:
         produced = {rel: sandbox.output(rel) for rel in action.outputs}  # all checked before any is moved
         outputs: dict[str, OutputFile] = {}
@@ -110,11 +178,12 @@ class LocalExecutor:
         return outputs
 
 
-def action_env(action: Action, tmp: Path) -> dict[str, str]:
-    """The environment an action sees: fixed basics, then its declared env."""
+def action_env(action: Action, tmp: Path, python: PythonEnv | None = None) -> dict[str, str]:
+    """The environment an action sees: fixed basics, then its declared env. Python actions get
+    the project's interpreter first on PATH (and its VIRTUAL_ENV), never ciopt's own."""
     # abspath, not realpath: a venv's bin/python is a symlink to the base interpreter, and
     # resolving it would run tests without the venv's packages (pytest, the project's deps).
-    python_bin = os.path.dirname(os.path.abspath(sys.executable))
+    python_bin = python.bin_dir if python is not None else os.path.dirname(os.path.abspath(sys.executable))
     env = {
         "PATH": f"{python_bin}:{BASE_PATH}",
         "HOME": str(tmp),
@@ -124,7 +193,10 @@ def action_env(action: Action, tmp: Path) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0",
     }
-    if os.environ.get("VIRTUAL_ENV"):
+    if python is not None:
+        if python.is_venv:
+            env["VIRTUAL_ENV"] = python.prefix
+    elif os.environ.get("VIRTUAL_ENV"):
         env["VIRTUAL_ENV"] = os.environ["VIRTUAL_ENV"]
     if action.is_test:
         env["TEST_TARGET"] = str(action.label)

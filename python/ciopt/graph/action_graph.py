@@ -8,7 +8,7 @@ and *runfiles* (everything needed at run time: files plus data plus the runfiles
     filegroup     files = files of srcs and data
     py_library    files = srcs; runfiles add data and deps' runfiles
     py_test       runfiles as py_library, plus pytest configuration and conftest.py files
-                  of the test's package and its ancestors        action: python3 -m pytest SRCS
+                  of the test's package and its ancestors        action: $(PYTHON) -m pytest SRCS
     sh_test       runfiles as py_library                         action: the script
     test_suite    nothing (expanded to its tests)
 
@@ -39,6 +39,11 @@ LOCKFILES = ("requirements.txt", "requirements-dev.txt", "requirements-test.txt"
              "uv.lock", "pdm.lock", "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "constraints.txt")
 # Part of the toolchain rather than the key: these differ between machines but not in meaning.
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# argv[0] of Python actions: the executor substitutes the project's interpreter (exec/python_env.py),
+# so a key means the same on every machine while the interpreter's identity is in the toolchain.
+PROJECT_PYTHON = "$(PYTHON)"
+# Fixed pytest arguments of every py_test; the test's files and `args` follow.
+PYTEST_ARGV = (PROJECT_PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir=.")
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,13 @@ class ActionGraph:
     producers: dict[str, Label] = field(default_factory=dict)  # generated path -> producing action
     _memo: dict[tuple[str, Label], tuple[str, ...]] = field(default_factory=dict, repr=False)
 
+    # Extra pytest arguments (`ciopt test //... -- -k expr`), appended to every py_test's argv.
+    pytest_args: tuple[str, ...] = ()
+
     @classmethod
-    def analyze(cls, graph: TargetGraph, labels: Iterable[Label]) -> ActionGraph:
+    def analyze(cls, graph: TargetGraph, labels: Iterable[Label], pytest_args: Iterable[str] = ()) -> ActionGraph:
         """Actions for `labels` and everything they need, transitively."""
-        ag = cls(graph)
+        ag = cls(graph, pytest_args=tuple(pytest_args))
         for label, target in graph.targets.items():
             if target.kind == "genrule":
                 for out in target.attrs["outs"]:
@@ -169,9 +177,11 @@ class ActionGraph:
             raise GraphError(f"{t.location}: py_test rule {t.label}: srcs lists no test file")
         config = [p for p in _ancestor_files(t.label.package, PYTEST_CONFIG_FILES) if p in self.graph.sources.digests]
         inputs = self._test_inputs(t, config)
-        argv = ("python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir=.", *srcs, *t.attrs["args"])
+        argv = (*PYTEST_ARGV, *srcs, *t.attrs["args"], *self.pytest_args)
         env = dict(_env(t))
-        env.setdefault("PYTHONPATH", ".")
+        # The checkout's code, ahead of site-packages: a package also installed in the project's
+        # venv (at another version) must not shadow the one under test.
+        env.setdefault("PYTHONPATH", ":".join(r or "." for r in self.graph.source_roots) or ".")
         return Action(
             label=t.label, mnemonic="PyTest", argv=argv, env=tuple(sorted(env.items())), inputs=inputs, outputs=(),
             deps=self._deps_of(inputs, t.label), requires=_requires(t), timeout_s=t.attrs["timeout"],
@@ -219,6 +229,14 @@ class ActionGraph:
         for l in reversed(self.order()):
             length[l] = 1 + max((length[x] for x in dependents[l]), default=0)
         return length
+
+
+def pytest_files(action: Action) -> tuple[str, ...]:
+    """The test files a py_test action hands to pytest (its srcs), in argv order."""
+    if action.mnemonic != "PyTest":
+        return ()
+    inputs = set(action.inputs)
+    return tuple(a for a in action.argv[len(PYTEST_ARGV):] if a in inputs and a.endswith(".py"))
 
 
 def _out_path(label: Label, out: str) -> str:
@@ -282,14 +300,34 @@ def expand_command(t: Target, cmd: str, srcs: list[str], outs: list[str], ag: Ac
     return _VARIABLE.sub(sub, cmd)
 
 
-def toolchain_fingerprint(sources: dict[str, Digest]) -> str:
-    """What else decides an action's result: interpreter, platform, the workspace's lockfiles."""
-    parts = {
-        "python": f"{sys.implementation.name}-{platform.python_version()}",
+@dataclass(frozen=True)
+class Toolchain:
+    """What else decides an action's result, beyond its argv, env and inputs (docs/build-and-execution.md).
+
+    Every action: the platform, the workspace's lockfiles and the project interpreter's version.
+    Python actions also: the interpreter's path and its installed distributions, so upgrading a
+    dependency re-runs the tests and nothing else."""
+
+    base: str  # canonical JSON
+    python: str  # canonical JSON; base plus the project interpreter's fingerprint
+
+    def for_action(self, action: Action) -> str:
+        return self.python if action.argv[:1] == (PROJECT_PYTHON,) else self.base
+
+
+def toolchain_fingerprint(sources: dict[str, Digest], python: dict[str, object] | None = None) -> Toolchain:
+    """The Toolchain from the source tree's lockfiles and the project interpreter's fingerprint
+    (`PythonEnv.fingerprint()`; None: the interpreter running ciopt, by version only)."""
+    version = (f"{python['implementation']}-{python['version']}" if python
+               else f"{sys.implementation.name}-{platform.python_version()}")
+    parts: dict[str, object] = {
+        "python": version,
         "platform": f"{sys.platform}-{platform.machine()}",
         "lockfiles": {name: str(sources[name]) for name in LOCKFILES if name in sources},
     }
-    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    base = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    with_python = json.dumps({**parts, "interpreter": python or {}}, sort_keys=True, separators=(",", ":"))
+    return Toolchain(base, with_python)
 
 
 def action_key(action: Action, input_tree: Digest, toolchain: str, digest: str = "blake3") -> str:
@@ -309,4 +347,5 @@ def action_key(action: Action, input_tree: Digest, toolchain: str, digest: str =
     return hash_bytes(encoded, digest).hash
 
 
-__all__ = ["Action", "ActionGraph", "action_key", "expand_command", "toolchain_fingerprint"]
+__all__ = ["PROJECT_PYTHON", "PYTEST_ARGV", "Action", "pytest_files", "ActionGraph", "Toolchain", "action_key", "expand_command",
+           "toolchain_fingerprint"]

@@ -24,11 +24,11 @@ from ciopt import Digest, Store, hash_bytes, hash_tree
 from ciopt.graph.label import Label
 from ciopt.graph.pattern import Pattern
 from ciopt.graph.target import BUILD_FILE_NAMES, TEST_RULES, Target, TargetDecl
+from ciopt.own_outputs import OwnOutputs
+from ciopt.store_location import default_store_path
 
 # Attributes whose values are labels, in the order dependencies are listed.
 LABEL_ATTRS = ("srcs", "deps", "data", "tools", "tests")
-# Never part of the source tree: our outputs, and our own state.
-WALK_EXCLUDES = ["/ciopt-out", "/.ciopt-*"]
 _EVAL_CACHE_VERSION = b"ciopt-build-eval-v2\0"
 
 
@@ -47,9 +47,14 @@ class SourceTree:
     tree_digest: Digest
 
 
-def scan_sources(root: Path, store: Store | None) -> SourceTree:
-    """One walk of the workspace (honoring .gitignore), through the StatCache when there is a store."""
-    tree = store.hash_tree(root, excludes=WALK_EXCLUDES) if store else hash_tree(root, excludes=WALK_EXCLUDES)
+def scan_sources(root: Path, store: Store | None, own: OwnOutputs | None = None) -> SourceTree:
+    """One walk of the workspace (honoring .gitignore), through the StatCache when there is a store.
+
+    ciopt's own outputs and an in-workspace store are never sources, whatever .gitignore says."""
+    if own is None:
+        own = OwnOutputs.of(root, store.path if store is not None else default_store_path())
+    excludes = own.walk_excludes()
+    tree = store.hash_tree(root, excludes=excludes) if store else hash_tree(root, excludes=excludes)
     digests: dict[str, Digest] = {}
     executable = set()
     for e in tree.entries():
@@ -74,6 +79,8 @@ class TargetGraph:
     cached: int = 0
     # True when no BUILD file exists and every target was inferred from source.
     zero_config: bool = False
+    # Import roots, most specific first ("" = the root): configured, or detected as `affected` does.
+    source_roots: tuple[str, ...] = ("",)
 
     # -- loading ------------------------------------------------------------------
 
@@ -108,15 +115,17 @@ class TargetGraph:
         if store is not None and fresh:
             store.action_put_many(fresh)
         zero_config = not build_files
+        roots = source_roots or ("",)
         if infer and any(p.endswith(".py") for p in sources.digests):
             from ciopt.infer.graph import add_inferred_deps, build_file_graph, inferred_targets
 
             files = build_file_graph(root, sources.digests, store, source_roots)
+            roots = tuple(files.source_roots)
             if zero_config:
                 targets = {t.label: t for t in inferred_targets(files, sources.digests)}
             targets = add_inferred_deps(targets, files)
         graph = cls(root, sources, targets, frozenset(build_files), evaluated=evaluated, cached=cached,
-                    zero_config=zero_config)
+                    zero_config=zero_config, source_roots=roots)
         graph._link()
         return graph
 

@@ -23,18 +23,21 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ciopt import Digest, Store, tree_digest
 from ciopt.errors import UserError
 from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor
-from ciopt.graph.action_graph import Action, action_key
+from ciopt.graph.action_graph import Action, Toolchain, action_key
 from ciopt.graph.label import Label
 from ciopt.remote import protocol as P
 from ciopt.remote.auth import ClientSecurity
 from ciopt.remote.transport import Channel, Unreachable
+
+if TYPE_CHECKING:
+    from ciopt.exec.python_env import PythonEnv
 
 log = logging.getLogger("ciopt.remote.client")
 
@@ -53,7 +56,7 @@ class _Interrupted(Exception):
 class RemoteExecutor:
     """An Executor that ships actions to a `ciopt scheduler`."""
 
-    def __init__(self, address: str, store: Store, out_root: Path, toolchain: str, *,
+    def __init__(self, address: str, store: Store, out_root: Path, toolchain: Toolchain, *,
                  priorities: Mapping[Label, int] | None = None, security: ClientSecurity | None = None,
                  heartbeat_s: float = 5.0, unreachable_after_s: float = 30.0,
                  fallback: Executor | None = None, warn: Callable[[str], None] | None = None,
@@ -129,7 +132,7 @@ class RemoteExecutor:
         if self._gone is not None and self.fallback is not None:
             return self.fallback.execute(action, inputs, log_path)
         triples = [(i.path, i.digest, i.is_executable) for i in inputs]
-        key = action_key(action, tree_digest(triples, self.digest), self.toolchain, self.digest)
+        key = action_key(action, tree_digest(triples, self.digest), self.toolchain.for_action(action), self.digest)
         jid = uuid.uuid4().hex
         with self._lock:
             # A test that already failed in this build and passes now is flaky: not a clean cache entry.
@@ -351,11 +354,12 @@ def _discard(got: Mapping[Digest, bytes | Path]) -> None:
             item.unlink(missing_ok=True)
 
 
-def open_remote_executor(address: str, store: Store | None, out_root: Path, toolchain: str, *,
+def open_remote_executor(address: str, store: Store | None, out_root: Path, toolchain: Toolchain, *,
                          fallback_to_local: bool, heartbeat_s: float, heartbeat_timeout_s: float,
                          priorities: Mapping[Label, int], warn: Callable[[str], None],
                          security: ClientSecurity | None = None,
-                         sources: Mapping[Digest, Path] | None = None) -> RemoteExecutor | None:
+                         sources: Mapping[Digest, Path] | None = None,
+                         python: PythonEnv | None = None) -> RemoteExecutor | None:
     """A connected RemoteExecutor, or None (after a warning) when the build should run locally.
 
     Raises RemoteUnavailable when the scheduler cannot be reached and fallback_to_local is off.
@@ -368,7 +372,7 @@ def open_remote_executor(address: str, store: Store | None, out_root: Path, tool
     remote = RemoteExecutor(
         address, store, out_root, toolchain, priorities=priorities, security=security, heartbeat_s=heartbeat_s,
         unreachable_after_s=max(heartbeat_timeout_s, 2 * heartbeat_s),
-        fallback=LocalExecutor(out_root, digest) if fallback_to_local else None, warn=warn, sources=sources)
+        fallback=LocalExecutor(out_root, digest, python) if fallback_to_local else None, warn=warn, sources=sources)
     try:
         remote.connect()
     except Unreachable as e:
