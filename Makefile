@@ -1,5 +1,7 @@
 # ciopt: two commands on a fresh machine.
-#   make demo   create .venv, build the Rust extension (release), build and test examples/ twice
+#   make demo   create .venv, build the Rust extension (release), build and test examples/ twice,
+#               then examples/srcproj (a plain src-layout project with its own .venv): batched,
+#               cached, and --affected-since after a one-line edit
 #   make test   the whole suite: pytest and cargo test
 #   make bench  benches/, each against its named peer, printed as ratios
 
@@ -53,18 +55,31 @@ bench-%: develop
 	$(PY) benches/$*_bench.py
 
 DEMO_STORE := $(abspath .ciopt-demo)
+SRCPROJ    := examples/srcproj
 
 # A real build and test of examples/ with the embedded LMDB store, twice: the second run is
 # served entirely from the cache.
 demo: develop
-	@rm -rf $(DEMO_STORE) examples/ciopt-out
+	@rm -rf $(DEMO_STORE) examples/ciopt-out $(SRCPROJ)/ciopt-out
 	@echo "== first run: build and test examples/ (store: $(DEMO_STORE))"
 	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) build //...
 	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) test //... --junit ciopt-out/junit.xml
 	@echo "== second run, nothing changed: every action and test comes from the cache"
 	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) build //...
 	cd examples && CIOPT_CACHE_DIR=$(DEMO_STORE) ../$(CIOPT) test //...
+	@echo "== a plain src-layout project (examples/srcproj) with its own .venv: no BUILD files,"
+	@echo "   test files batched into one pytest process per -j slot, results cached per file"
+	test -x $(SRCPROJ)/.venv/bin/python || ($(PYTHON) -m venv $(SRCPROJ)/.venv && \
+	  $(SRCPROJ)/.venv/bin/python -m pip install -q -r $(SRCPROJ)/requirements-dev.txt)
+	cd $(SRCPROJ) && CIOPT_CACHE_DIR=$(DEMO_STORE) $(abspath $(CIOPT)) test //... -j 2
+	@echo "== second run, nothing changed: every test file comes from the cache"
+	cd $(SRCPROJ) && CIOPT_CACHE_DIR=$(DEMO_STORE) $(abspath $(CIOPT)) test //... -j 2
+	@echo "== a one-line edit to src/inventory/pricing.py: only the tests that can see it run"
+	cd $(SRCPROJ) && cp src/inventory/pricing.py ciopt-out/pricing.py.orig && \
+	  echo "# a one-line edit" >> src/inventory/pricing.py && \
+	  { CIOPT_CACHE_DIR=$(DEMO_STORE) $(abspath $(CIOPT)) test //... -j 2 --affected-since HEAD; status=$$?; \
+	    mv ciopt-out/pricing.py.orig src/inventory/pricing.py; exit $$status; }
 	CIOPT_CACHE_DIR=$(DEMO_STORE) $(CIOPT) cache stats
 
 clean:
-	rm -rf target $(VENV) .ciopt-demo examples/ciopt-out python/ciopt/*.so
+	rm -rf target $(VENV) .ciopt-demo examples/ciopt-out $(SRCPROJ)/ciopt-out $(SRCPROJ)/.venv python/ciopt/*.so

@@ -300,3 +300,29 @@ def test_daemon_usage_errors_are_one_line(tmp_path: Path, args: list[str], messa
     errors = [l for l in proc.stderr.splitlines() if l.startswith("ciopt: error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_executors_offer_their_pythons_and_a_missing_version_fails_clearly(pool: Pool, tmp_path: Path) -> None:
+    """Executors advertise `python=X.Y` for each interpreter they have; a py_test needs the
+    project's version (or the one its target asks for), and no executor having it is a clear error."""
+    ws = tmp_path / "ws"
+    write_files(ws, {
+        "config/ci-optimization.yaml": REMOTE_CONFIG,
+        "p/BUILD": """\
+            py_test(name = "test_here", srcs = ["test_here.py"])
+            py_test(name = "test_future", srcs = ["test_future.py"], requires = {"python": "3.99"})
+        """,
+        "p/test_here.py": "import sys\n\ndef test_version():\n    assert sys.version_info[:2] == (3, 11) or True\n",
+        "p/test_future.py": "def test_never():\n    pass\n",
+    })
+    status = subprocess.run([sys.executable, "-m", "ciopt", "scheduler", "status", "--scheduler", pool.address,
+                             "-o", "json"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    minor = "%d.%d" % sys.version_info[:2]
+    assert f"python={minor}" in status.stdout
+    doc = run_json(ws, tmp_path / "store", "test", "//p:test_here", "--remote", pool.address)
+    assert by_label(doc)["//p:test_here"]["status"] == "executed"
+    assert by_label(doc)["//p:test_here"]["executor"] in ("cpu1", "cpu2", "gpu1")
+    doc = run_json(ws, tmp_path / "store", "test", "//p:test_future", "--remote", pool.address, expect=1)
+    message = by_label(doc)["//p:test_future"]["message"]
+    assert "python=3.99" in message and f"python={minor}" in message, message

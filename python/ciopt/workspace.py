@@ -266,13 +266,14 @@ class Workspace:
             result = BuildResult(command, matched, final, tests, self.bypass,
                                  self.config.bypass_reason, started, time.time(), loading_s,
                                  (graph.evaluated, graph.cached), notes=notes, python=python, selection=selection,
-                                 test_files={l: pytest_files(a) for l, a in actions.actions.items()
-                                             if a.mnemonic == "PyTest"})
+                                 test_files={l: (pytest_files(actions.actions[l]) if l in actions.actions else
+                                                 tuple(r.path for r in graph.targets[l].attrs.get("srcs", ())))
+                                             for l in tests if graph.targets[l].kind == "py_test"})
             depth = actions.critical_path_lengths()
             on_critical_path = set(critical_path(
                 {str(l): o.duration_s for l, o in result.outcomes.items()},
                 {str(l): [str(d) for d in actions.actions[l].deps if d in result.outcomes]
-                 for l in result.outcomes}))
+                 for l in result.outcomes if l in actions.actions}))
             for o in result.outcomes.values():
                 records.action(invocation, ActionRecord(
                     # The records schema predates selection: an unaffected test is "skipped" there, with its reason.

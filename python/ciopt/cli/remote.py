@@ -285,15 +285,22 @@ def executor(address: str | None, slots: int | None, tags: str | None, cost: flo
 
     security = _client_security(curve_secret, server_key)
     costs = dict(cfg.hardware.costs) if cfg is not None and cost is None else None
-    caps = detect_capabilities(_split_tags(tags), cost=cost, costs=costs or None, cost_class=cost_class)
+    from ciopt.exec.python_env import host_interpreters
+
+    state = state_dir or (default_store_path() / "executor")
+    # The interpreters this host offers, advertised as tags: a py_test needing Python 3.12 is only
+    # assigned where `python=3.12` is, and fails at once, naming the pool, when no executor has it.
+    pythons = host_interpreters(Path.cwd(), state)
+    extra = [f"python={v}" for v in pythons]
+    caps = detect_capabilities([*_split_tags(tags), *extra], cost=cost, costs=costs or None, cost_class=cost_class)
     eid = executor_id or f"{socket.gethostname()}-{os.getpid()}"
     if not eid or any(c.isspace() for c in eid):
         fail(f"--id {eid!r}: expected a name without spaces")
     rx = cfg.remote_execution if cfg is not None else None
     _logging(log_level)
     opts = ExecutorOptions(
-        scheduler=address, state_dir=state_dir or (default_store_path() / "executor"), caps=caps,
-        slots=slots or caps.cpus, id=eid, security=security,
+        scheduler=address, state_dir=state, caps=caps,
+        slots=slots or caps.cpus, id=eid, security=security, pythons=pythons,
         heartbeat_s=rx.heartbeat_s if rx else 5.0, heartbeat_timeout_s=rx.heartbeat_timeout_s if rx else 30.0,
     )
     logging.getLogger("ciopt.remote.executor").info("executor %s: %d slots, %s", eid, opts.slots, caps.summary())

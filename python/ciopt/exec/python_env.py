@@ -222,6 +222,30 @@ def _env(data: dict[str, object], executable: str, reason: str) -> PythonEnv:
     )
 
 
+def host_interpreters(root: Path, cache_dir: Path | None, env: Mapping[str, str] = os.environ
+                      ) -> dict[str, PythonEnv]:
+    """Every Python a remote executor can offer, by minor version ("3.11"): the one the rules
+    above choose first, then each `python3.N` on PATH (ciopt's own venv excluded)."""
+    found: dict[str, PythonEnv] = {}
+    candidates: list[tuple[str, str]] = []
+    try:
+        candidates.append(choose_interpreter(root, None, None, env))
+    except InterpreterError:
+        pass
+    path = _path_without_own_venv(env)
+    for minor in range(6, 20):
+        exe = shutil.which(f"python3.{minor}", path=path)
+        if exe:
+            candidates.append((os.path.abspath(exe), f"python3.{minor} on PATH"))
+    for exe, reason in candidates:
+        try:
+            penv = probe(exe, reason, root, cache_dir)
+        except (InterpreterError, ValueError):
+            continue
+        found.setdefault(penv.minor_version, penv)
+    return found
+
+
 def resolve_python_env(root: Path, configured: str | None, configured_at: str | None, cache_dir: Path | None,
                        env: Mapping[str, str] = os.environ) -> PythonEnv:
     """The project's PythonEnv: chosen by the rules above, probed (or read from the cache)."""
@@ -229,4 +253,4 @@ def resolve_python_env(root: Path, configured: str | None, configured_at: str | 
     return probe(executable, reason, root, cache_dir)
 
 
-__all__ = ["InterpreterError", "PythonEnv", "choose_interpreter", "probe", "resolve_python_env"]
+__all__ = ["InterpreterError", "PythonEnv", "choose_interpreter", "host_interpreters", "probe", "resolve_python_env"]

@@ -30,7 +30,7 @@ import zmq
 from ciopt import Digest, Store, tree_digest
 from ciopt.errors import UserError
 from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor
-from ciopt.graph.action_graph import Action, Toolchain, action_key
+from ciopt.graph.action_graph import PROJECT_PYTHON, Action, Toolchain, action_key
 from ciopt.graph.label import Label
 from ciopt.remote import protocol as P
 from ciopt.remote.auth import ClientSecurity
@@ -60,8 +60,9 @@ class RemoteExecutor:
                  priorities: Mapping[Label, int] | None = None, security: ClientSecurity | None = None,
                  heartbeat_s: float = 5.0, unreachable_after_s: float = 30.0,
                  fallback: Executor | None = None, warn: Callable[[str], None] | None = None,
-                 sources: Mapping[Digest, Path] | None = None) -> None:
+                 sources: Mapping[Digest, Path] | None = None, python: PythonEnv | None = None) -> None:
         self.address = address
+        self.python = python
         self.store = store
         self.digest = store.digest_function
         self.out_root = out_root
@@ -137,8 +138,12 @@ class RemoteExecutor:
         with self._lock:
             # A test that already failed in this build and passes now is flaky: not a clean cache entry.
             cacheable = not (action.is_test and action.label in self._failed_tests)
+        requires = P.requires_to_wire(action)
+        if self.python is not None and action.argv[:1] == (PROJECT_PYTHON,):
+            # The project's Python version: only an executor offering it can run the test.
+            requires.setdefault("python", self.python.minor_version)
         submit = {
-            "id": jid, "action": P.action_to_wire(action, triples), "requires": P.requires_to_wire(action),
+            "id": jid, "action": P.action_to_wire(action, triples), "requires": requires,
             "priority": int(self.priorities.get(action.label, 0)), "key": key, "cacheable": cacheable,
         }
         files = {i.digest: i.local for i in inputs}
@@ -372,7 +377,8 @@ def open_remote_executor(address: str, store: Store | None, out_root: Path, tool
     remote = RemoteExecutor(
         address, store, out_root, toolchain, priorities=priorities, security=security, heartbeat_s=heartbeat_s,
         unreachable_after_s=max(heartbeat_timeout_s, 2 * heartbeat_s),
-        fallback=LocalExecutor(out_root, digest, python) if fallback_to_local else None, warn=warn, sources=sources)
+        fallback=LocalExecutor(out_root, digest, python) if fallback_to_local else None, warn=warn, sources=sources,
+        python=python)
     try:
         remote.connect()
     except Unreachable as e:

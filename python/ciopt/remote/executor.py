@@ -37,6 +37,7 @@ import zmq
 from ciopt import Digest, Store
 from ciopt.exec.local import InputFile, LocalExecutor, _running, _running_lock
 from ciopt.graph.action_graph import Action
+from ciopt.exec.python_env import PythonEnv
 from ciopt.hardware import Capabilities
 from ciopt.remote import protocol as P
 from ciopt.remote.auth import ClientSecurity
@@ -61,6 +62,9 @@ class ExecutorOptions:
     # Until the scheduler's welcome says otherwise.
     heartbeat_s: float = 5.0
     heartbeat_timeout_s: float = 30.0
+    # Python interpreters this host offers, by "3.11"; the first is the default. Advertised as
+    # `python=3.11` tags, which is what a py_test's requires["python"] is matched against.
+    pythons: dict[str, PythonEnv] = field(default_factory=dict)
 
 
 @dataclass
@@ -329,7 +333,7 @@ class ExecutorDaemon:
     def _fetch(self, chan: Channel, job: _Job) -> None:
         assert self.cas is not None
         try:
-            action, inputs = P.action_from_wire(job.msg["action"])
+            action, inputs = P.action_from_wire(job.msg["action"], job.msg.get("requires") or None)
         except P.ProtocolError as e:
             job.report = {"exit_code": 1, "error": f"executor {self.id} rejected the action: {e}"}
             return
@@ -373,6 +377,9 @@ class ExecutorDaemon:
         log_path = runner.out_root.parent / "log"
         log_path.unlink(missing_ok=True)
         _clear_for(runner.out_root, job.action.outputs)
+        wanted = dict(job.action.requires).get("python")
+        if self.opts.pythons:
+            runner.python = self.opts.pythons.get(str(wanted)) or next(iter(self.opts.pythons.values()))
         try:
             result = runner.execute(job.action, job.staged, log_path)
             # LocalExecutor leaves the outputs under its out root, hashed; the CAS takes them (and

@@ -685,7 +685,7 @@ class Scheduler:
         e.running.add(job.id)
         e.cand.busy += 1
         self.reply(e.identity, "assign", id=job.id, action=job.action, key=job.key, cacheable=job.cacheable,
-                   attempt=job.attempt)
+                   attempt=job.attempt, requires=job.requires)
 
     def _requeue(self, jid: str, penalize: bool, why: str, dead: str | None = None) -> None:
         job = self.jobs.get(jid)

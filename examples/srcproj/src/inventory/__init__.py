@@ -1,0 +1,1 @@
+"""A tiny stock-keeping library: the demo project for `make demo`."""
