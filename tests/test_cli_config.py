@@ -72,7 +72,7 @@ def test_show_json_gives_every_value_with_its_source_line(cli: CliRunner, tmp_pa
     assert doc["effective"] == {"local_cache": True, "remote_cache": True, "selection": False,
                                 "remote_execution": False, "analytics": False}
     # Every schema key is there, with a source.
-    assert len(values) == 31 and all(v["source"] for v in values.values())
+    assert len(values) == 33 and all(v["source"] for v in values.values())
 
 
 def test_show_text_lists_values_and_sources(cli: CliRunner, tmp_path: Path) -> None:

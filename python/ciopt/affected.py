@@ -23,16 +23,13 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+from ciopt import Store
+from ciopt.config import Config
 from ciopt.errors import UserError
 from ciopt.graph.target import BUILD_FILE_NAMES
 from ciopt.graph.target_graph import scan_sources
-from ciopt.infer.graph import build_file_graph, inferred_label
+from ciopt.infer.graph import build_file_graph, infer_targets_and_deps, inferred_label
 from ciopt.own_outputs import OwnOutputs
-
-if TYPE_CHECKING:
-    from ciopt.workspace import Workspace
 
 CODE_SUFFIXES = (".py", ".pyi", ".js", ".mjs", ".cjs", ".jsx", ".ts", ".mts", ".cts", ".tsx", ".sh", ".bash")
 
@@ -168,17 +165,19 @@ def _matches(path: str, globs: tuple[str, ...]) -> str | None:
     return None
 
 
-def compute_affected(ws: Workspace, base: str, head: str | None = None) -> AffectedResult:
+def compute_affected(root: Path, config: Config, store: Store | None, own: OwnOutputs, base: str,
+                     head: str | None = None) -> AffectedResult:
+    """What a change from `base` to `head` (None: the working tree) can affect, in the workspace
+    at `root` (its configuration, store, and ciopt's own output directories)."""
     from ciopt.graph.target_graph import TargetGraph
 
-    root = ws.root
     base_commit = resolve_rev(root, base)
     head_commit = resolve_rev(root, head) if head is not None else None
-    changes = changed_files(root, base_commit, head_commit, ws.own_outputs)
+    changes = changed_files(root, base_commit, head_commit, own)
     changed = sorted({c.path for c in changes} | {c.old_path for c in changes if c.old_path})
     deleted = sorted({c.path for c in changes if c.status == "D"} | {c.old_path for c in changes if c.old_path
                                                                       and c.status == "R"})
-    sel = ws.config.selection
+    sel = config.selection
 
     # The state the tests will run against: the working tree, or the head commit's tree.
     tree_root = root
@@ -186,18 +185,18 @@ def compute_affected(ws: Workspace, base: str, head: str | None = None) -> Affec
         current = resolve_rev(root, "HEAD")
         dirty = _git(root, "status", "--porcelain", "--untracked-files=no").strip()
         if current != head_commit or dirty:
-            tree_root = _checkout(root, head_commit, ws.config.cache.local.path)
-    sources = scan_sources(tree_root, ws.store, ws.own_outputs if tree_root == root else None)
-    graph = build_file_graph(tree_root, sources.digests, ws.store, sel.source_roots, virtual=deleted)
+            tree_root = _checkout(root, head_commit, config.cache.local.path)
+    sources = scan_sources(tree_root, store, own if tree_root == root else None)
+    graph = build_file_graph(tree_root, sources.digests, store, sel.source_roots, virtual=deleted)
     all_tests = graph.test_files
 
     def result(**kw: object) -> AffectedResult:
         return AffectedResult(base=base, head=head, changed_files=changed, unresolved=graph.unresolved,
                               **kw)  # type: ignore[arg-type]
 
-    if ws.bypass:
+    if config.bypass:
         return result(targets=[], test_targets=[], test_files=all_tests, all=True,
-                      reason={"*": [f"emergency bypass ({ws.config.bypass_reason})"]},
+                      reason={"*": [f"emergency bypass ({config.bypass_reason})"]},
                       note="emergency bypass: every test selected")
     global_hits = [p for p in changed if _matches(p, sel.global_inputs)]
     relevant = [p for p in changed if not _matches(p, sel.ignore)]
@@ -205,7 +204,7 @@ def compute_affected(ws: Workspace, base: str, head: str | None = None) -> Affec
     # Explicit BUILD targets, when the workspace has them.
     target_graph = None
     try:
-        target_graph = TargetGraph.load(tree_root, ws.store, sources, sel.source_roots) if any(
+        target_graph = TargetGraph.load(tree_root, store, sources, sel.source_roots, infer_targets_and_deps) if any(
             p.rpartition("/")[2] in BUILD_FILE_NAMES for p in sources.digests) else None
     except UserError:
         target_graph = None  # a broken BUILD file: fall back to files only, never to fewer tests

@@ -92,9 +92,17 @@ class LocalCacheConfig:
 @dataclass(frozen=True)
 class RemoteCacheConfig:
     backend: Literal["redis", "http"] | None  # None only while url is None
-    url: str | None  # None = no remote cache
+    url: str | tuple[str, ...] | None  # None = no remote cache; several = shards
     read_only: bool
     timeout_s: float
+    flush_timeout_s: float = 30.0  # uploads still queued at exit after this are dropped
+    signing_key_env: str | None = None  # env var holding the HMAC key of ActionCache entries
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        if self.url is None:
+            return ()
+        return (self.url,) if isinstance(self.url, str) else tuple(self.url)
 
 
 @dataclass(frozen=True)
@@ -322,6 +330,26 @@ def _url(*schemes: str) -> _Parser:
     return parse
 
 
+def _urls(*schemes: str) -> _Parser:
+    """One URL, or a list of them (cache shards)."""
+    one = _url(*schemes)
+
+    def parse(node: yaml.Node) -> str | tuple[str, ...] | None:
+        if isinstance(node, yaml.SequenceNode):
+            if not node.value:
+                raise _Invalid("expected at least one URL in the list", node)
+            urls = tuple(one(item) for item in node.value)
+            if any(u is None for u in urls):
+                raise _Invalid("null is not a URL", node)
+            backends = {_backend_of(u) for u in urls}  # type: ignore[arg-type]
+            if len(backends) > 1:
+                raise _Invalid("shards must all be redis or all be http", node)
+            return urls  # type: ignore[return-value]
+        return one(node)
+
+    return parse
+
+
 def _size(node: yaml.Node) -> int:
     value = _scalar(node, "a size like '20GiB'")
     try:
@@ -388,9 +416,11 @@ _SCHEMA: dict[str, _Key] = {
     "cache.local.path": _Key(None, _path),
     "cache.local.max_size": _Key(parse_size("20GiB"), _size),
     "cache.remote.backend": _Key(None, _choice("redis", "http", nullable=True)),
-    "cache.remote.url": _Key(None, _url("redis", "rediss", "http", "https")),
+    "cache.remote.url": _Key(None, _urls("redis", "rediss", "unix", "http", "https")),
     "cache.remote.read_only": _Key(False, _bool),
     "cache.remote.timeout_s": _Key(5.0, _seconds),
+    "cache.remote.flush_timeout_s": _Key(30.0, _seconds),
+    "cache.remote.signing_key_env": _Key(None, _text(nullable=True)),
     "selection.enabled": _Key(False, _bool),
     "selection.base": _Key(None, _text(nullable=True)),
     "selection.global_inputs": _Key(
@@ -522,12 +552,13 @@ def _check_together(read: _Read, display: str) -> None:
             f"heartbeat_timeout_s ({timeout:g}) must be greater than heartbeat_s ({beat:g})",
         ))
     backend, url = get("cache.remote.backend"), get("cache.remote.url")
-    if backend is not None and url is not None and _backend_of(url) != backend:
+    first = url[0] if isinstance(url, tuple) else url
+    if backend is not None and first is not None and _backend_of(first) != backend:
         read.problem(fail(("cache.remote.url",), f"a {backend} backend needs a {backend} URL, got {url!r}"))
 
 
 def _backend_of(url: str) -> str:
-    return "redis" if url.startswith(("redis://", "rediss://")) else "http"
+    return "redis" if url.startswith(("redis://", "rediss://", "unix://")) else "http"
 
 
 def _read_file(path: Path, display: str, *, collect: bool = False) -> _Read:
@@ -672,7 +703,7 @@ def load_config(workspace_root: Path, env: Mapping[str, str] = os.environ) -> Co
     url = values["cache.remote.url"]
     backend = values["cache.remote.backend"]
     if backend is None and url is not None:
-        backend = _backend_of(url)
+        backend = _backend_of(url[0] if isinstance(url, tuple) else url)
         # `config show` must not claim a default for a value nobody defaulted.
         sources["cache.remote.backend"] = "derived from cache.remote.url"
 
@@ -695,6 +726,8 @@ def load_config(workspace_root: Path, env: Mapping[str, str] = os.environ) -> Co
                 url=url,
                 read_only=values["cache.remote.read_only"],
                 timeout_s=values["cache.remote.timeout_s"],
+                flush_timeout_s=values["cache.remote.flush_timeout_s"],
+                signing_key_env=values["cache.remote.signing_key_env"],
             ),
         ),
         selection=SelectionConfig(

@@ -9,14 +9,16 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ciopt import Store, __version__
+from ciopt import Store, StoreError
+from ciopt.exec.build_result import BuildResult
 from ciopt.config import Config, load_config
+from ciopt.errors import UserError
 from ciopt.graph.label import Label
 from ciopt.graph.target_graph import TargetGraph, scan_sources
 from ciopt.own_outputs import OwnOutputs, mark_ignored
@@ -26,110 +28,12 @@ from ciopt.workspace_root import find_workspace_root
 # and `query` start faster without them.
 if TYPE_CHECKING:
     from ciopt.affected import AffectedResult
+    from ciopt.cache.tiered import RemoteTier
     from ciopt.exec.python_env import PythonEnv
     from ciopt.exec.engine import ActionOutcome, Listener
     from ciopt.graph.action_graph import ActionGraph, Toolchain
     from ciopt.remote.client import RemoteExecutor
 
-EXIT_OK, EXIT_FAILED = 0, 1
-
-
-@dataclass
-class BuildResult:
-    command: str  # build | test
-    targets: list[Label]
-    outcomes: dict[Label, ActionOutcome]
-    tests: list[Label]
-    bypass: bool
-    bypass_reason: str | None
-    started_at: float
-    finished_at: float
-    loading_s: float
-    loaded_build_files: tuple[int, int]  # (evaluated, from cache)
-    notes: list[str] = field(default_factory=list)
-    test_files: dict[Label, tuple[str, ...]] = field(default_factory=dict)  # py_test -> its test files
-    python: PythonEnv | None = None  # the project interpreter Python actions ran with
-    selection: dict[str, object] | None = None  # {"base", "source", "all", "affected", "unaffected"}
-
-    @property
-    def failed(self) -> list[ActionOutcome]:
-        return [o for o in self.outcomes.values() if o.status == "failed"]
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_FAILED if any(o.status in ("failed", "skipped") for o in self.outcomes.values()) else EXIT_OK
-
-    def counts(self) -> dict[str, int]:
-        c = {"actions": len(self.outcomes), "executed": 0, "cached_local": 0, "cached_remote": 0, "failed": 0,
-             "skipped": 0, "skipped_unaffected": 0}
-        for o in self.outcomes.values():
-            c[o.status] = c.get(o.status, 0) + 1
-        return c
-
-    def test_counts(self) -> dict[str, int]:
-        c = {"passed": 0, "failed": 0, "flaky": 0, "timeout": 0, "cached": 0, "not_run": 0, "skipped_unaffected": 0}
-        for label in self.tests:
-            o = self.outcomes.get(label)
-            if o is not None and o.status == "skipped_unaffected":
-                c["skipped_unaffected"] += 1
-                continue
-            if o is None or o.test_outcome is None:
-                c["not_run"] += 1
-                continue
-            c[o.test_outcome] += 1
-            if o.status in ("cached_local", "cached_remote"):
-                c["cached"] += 1
-        return c
-
-    def to_json(self) -> dict[str, object]:
-        actions = []
-        for label in sorted(self.outcomes):
-            o = self.outcomes[label]
-            actions.append({
-                "label": str(label), "mnemonic": o.mnemonic, "key": o.key, "status": o.status,
-                "executor": o.executor or None, "duration_s": round(o.duration_s, 4),
-                "exit_code": o.exit_code, "message": o.message or None,
-                "outputs": sorted(o.outputs),
-            })
-        doc: dict[str, object] = {
-            "command": self.command,
-            "targets": [str(t) for t in self.targets],
-            "actions": actions,
-            "summary": {
-                **self.counts(),
-                "exit_code": self.exit_code,
-                "duration_s": round(self.finished_at - self.started_at, 4),
-                "loading_s": round(self.loading_s, 4),
-                "bypass": self.bypass,
-                "bypass_reason": self.bypass_reason,
-                "ciopt_version": __version__,
-                "python": self.python.to_json() if self.python is not None else None,
-                "selection": self.selection,
-                "notes": self.notes,
-            },
-        }
-        if self.command == "test":
-            tests = []
-            for label in self.tests:
-                o = self.outcomes.get(label)
-                unaffected = bool(o and o.status == "skipped_unaffected")
-                tests.append({
-                    "label": str(label),
-                    "files": list(self.test_files.get(label, ())),
-                    "outcome": ("skipped_unaffected" if unaffected else
-                                o.test_outcome if o and o.test_outcome else "not_run"),
-                    "status": o.status if o else "skipped",
-                    "cached": bool(o and o.status in ("cached_local", "cached_remote")),
-                    "attempts": o.attempts if o else 0,
-                    "duration_s": round(o.duration_s, 4) if o else 0.0,
-                    "log": str(o.log) if o and o.log else None,
-                    "message": (o.message or None) if o else None,
-                    "notes": list(o.notes) if o else [],
-                    "cases": o.cases if o else None,
-                })
-            doc["tests"] = tests
-            doc["summary"]["tests"] = self.test_counts()  # type: ignore[index]
-        return doc
 
 
 class Workspace:
@@ -151,10 +55,29 @@ class Workspace:
             return None
         if self._store is None:
             local = self.config.cache.local
-            self._store = Store(local.path, max_size=local.max_size)
+            self._store = self._open_store(Path(local.path), local.max_size)
             if len(self.own_outputs.dirs) > 1:  # the store lives inside the workspace
                 mark_ignored(Path(local.path))
         return self._store
+
+    def _open_store(self, path: Path, max_size: int) -> Store:
+        """The local store; one that cannot be opened (corrupt, another version, unreadable) is
+        moved aside to `<path>.broken-<time>` and recreated: a cache is never why a build fails,
+        unless `degradation: fail` says so."""
+        try:
+            return Store(path, max_size=max_size)
+        except StoreError as e:
+            if self.config.degradation == "fail":
+                raise UserError(f"cache.local.path: {e} (degradation: fail)") from None
+            broken = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.replace(path, broken)
+            except OSError as move:
+                raise UserError(f"cache.local.path: {e}; moving it aside failed too: {move.strerror or move}; "
+                                "remove it, or run with CIOPT_DISABLE=1") from None
+            sys.stderr.write(f"ciopt: warning: the local store could not be opened ({e}); moved it aside to "
+                             f"{broken} and started an empty one\n")
+            return Store(path, max_size=max_size)
 
     @property
     def own_outputs(self) -> OwnOutputs:
@@ -178,7 +101,7 @@ class Workspace:
     def load(self) -> TargetGraph:
         store = self.store
         return TargetGraph.load(self.root, store, scan_sources(self.root, store, self.own_outputs),
-                                source_roots=self.config.selection.source_roots)
+                                source_roots=self.config.selection.source_roots, infer=_infer)
 
     def package_of(self, cwd: Path) -> str | None:
         """The package a relative pattern typed in `cwd` refers to."""
@@ -197,7 +120,7 @@ class Workspace:
         """Tests (and targets) a change from `base` to `head` (default: the working tree) can affect."""
         from ciopt.affected import compute_affected
 
-        return compute_affected(self, base, head)
+        return compute_affected(self.root, self.config, self.store, self.own_outputs, base, head)
 
     def build(self, patterns: list[str], **kw: object) -> BuildResult:
         return self._run("build", patterns, **kw)  # type: ignore[arg-type]
@@ -242,11 +165,12 @@ class Workspace:
         remote_executor = self._remote_executor(remote, actions, graph, toolchain, warn, python)
         ex = self.config.execution
         durations = last_durations(self.records_path(), "PyTest") if python is not None else {}
+        remote_cache = self._remote_cache(warn)
         engine = Engine(self.root, actions, graph.sources, self.store, toolchain,
                         EngineOptions(jobs=jobs, keep_going=keep_going, flaky_attempts=attempts, digest=digest,
                                       batch=ex.batch if batch is None else batch,
                                       batch_max_files=ex.batch_max_files, durations=durations),
-                        listener, executor=remote_executor, python=python)
+                        listener, executor=remote_executor, python=python, remote_cache=remote_cache)
         if remote_executor is not None:
             remote_executor.stop = engine._stop  # Ctrl-C also ends the waits for remote results
         records = RecordWriter(self.records_path())
@@ -258,6 +182,8 @@ class Workspace:
         finally:
             if remote_executor is not None:
                 remote_executor.close()
+            if remote_cache is not None:
+                remote_cache.close()  # flushes queued uploads, within cache.remote.flush_timeout_s
             final = dict(outcomes or engine.outcomes)
             reason = f"not affected by the changes since {selection['base']}" if selection else ""
             for label in unaffected:
@@ -266,6 +192,7 @@ class Workspace:
             result = BuildResult(command, matched, final, tests, self.bypass,
                                  self.config.bypass_reason, started, time.time(), loading_s,
                                  (graph.evaluated, graph.cached), notes=notes, python=python, selection=selection,
+                                 remote_cache=remote_cache.stats.to_json() if remote_cache is not None else None,
                                  test_files={l: (pytest_files(actions.actions[l]) if l in actions.actions else
                                                  tuple(r.path for r in graph.targets[l].attrs.get("srcs", ())))
                                              for l in tests if graph.targets[l].kind == "py_test"})
@@ -288,6 +215,40 @@ class Workspace:
             records.prune(self.config.analytics.retention_days)
             records.close()
         return result
+
+    def _remote_cache(self, warn: "callable | None") -> RemoteTier | None:
+        """The shared cache tier (cache.remote.*), or None: not configured, bypassed, or unusable
+        (then with a warning, or an error under `degradation: fail`)."""
+        rc = self.config.cache.remote
+        store = self.store
+        if not self.config.use_remote_cache or store is None:
+            return None
+        from ciopt.cache.backend import BackendError
+        from ciopt.cache.shards import connect
+        from ciopt.cache.signing import Signer
+        from ciopt.cache.tiered import RemoteCacheFailed, RemoteTier
+
+        say = warn or (lambda m: sys.stderr.write(f"ciopt: warning: {m}\n"))
+        signer = None
+        if rc.signing_key_env:
+            secret = self._env.get(rc.signing_key_env, "")
+            if len(secret.encode()) < 16:
+                problem = (f"cache.remote.signing_key_env: ${rc.signing_key_env} is unset or shorter than 16 bytes, "
+                           "so remote entries cannot be verified")
+                if self.config.degradation == "fail":
+                    raise RemoteCacheFailed(problem)
+                say(problem + "; the remote cache is not used")
+                return None
+            signer = Signer(secret.encode())
+        try:
+            backend = connect(rc.urls, rc.timeout_s)
+        except (BackendError, ValueError) as e:
+            if self.config.degradation == "fail":
+                raise RemoteCacheFailed(f"remote cache: {e} (degradation: fail)") from None
+            say(f"remote cache unavailable, continuing with the local cache only: {e}")
+            return None
+        return RemoteTier(backend, store, read_only=rc.read_only, signer=signer, degradation=self.config.degradation,
+                          warn=say, flush_timeout_s=rc.flush_timeout_s)
 
     def _select(self, graph: TargetGraph, tests: list[Label], affected_since: str | None,
                 notes: list[str]) -> tuple[dict[str, object] | None, list[Label]]:
@@ -352,6 +313,13 @@ class Workspace:
             heartbeat_s=rx.heartbeat_s, heartbeat_timeout_s=rx.heartbeat_timeout_s,
             priorities=actions.critical_path_lengths(), warn=warn or (lambda m: None), sources=sources,
             python=python)
+
+
+def _infer(*args: object) -> object:
+    # Imported on first use: inference (tree-sitter, msgpack) is not needed to print --help.
+    from ciopt.infer.graph import infer_targets_and_deps
+
+    return infer_targets_and_deps(*args)  # type: ignore[arg-type]
 
 
 __all__ = ["BuildResult", "Workspace"]

@@ -65,6 +65,12 @@ def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: 
     exit_with(result.exit_code)
 
 
+def _size(n: int) -> str:
+    from ciopt.size import format_size
+
+    return format_size(n)
+
+
 def _summary(result, show_failures: bool) -> None:
     from ciopt.exec.engine import log_tail
 
@@ -100,6 +106,13 @@ def _summary(result, show_failures: bool) -> None:
             o = result.outcomes.get(label)
             if o is not None and o.test_outcome == "flaky":
                 err.write(f"FLAKY {label}: passed on attempt {o.attempts}\n")
+    rc = result.remote_cache
+    if rc:
+        err.write(f"remote cache: {rc['hits']} hits, {rc['misses']} misses, {rc['uploads']} uploaded "
+                  f"({_size(int(rc['bytes_down']))} down, {_size(int(rc['bytes_up']))} up)"
+                  + (f", {rc['errors']} errors" if rc["errors"] else "")
+                  + (f", {rc['verify_failures'] + rc['signature_failures']} refused" if
+                     rc["verify_failures"] or rc["signature_failures"] else "") + "\n")
     if result.bypass:
         err.write("note: emergency bypass was on: nothing was cached\n")
 

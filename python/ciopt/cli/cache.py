@@ -138,3 +138,12 @@ def ingest(root: Path, store_path: Path | None, digest: str | None, output: str)
                f"{len(entries) - tree.files_read} unchanged files skipped by the stat cache")
     click.echo(f"  stored {stored} new blobs ({format_size(stored_bytes)}); "
                f"{len(entries) - stored} already in the store")
+
+
+# Dependency caching (directory snapshots) lives in its own module.
+from ciopt.cli.cache_dirs import restore as _restore, save as _save  # noqa: E402
+
+cache.add_command(_save)
+cache.add_command(_restore)
+from ciopt.cli.cache_serve import serve  # noqa: E402
+cache.add_command(serve)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ciopt import CorruptBlobError, Digest, Store, hash_file, tree_digest
+from ciopt.errors import UserError
 from ciopt.exec.action_result import ActionResult, OutputFile
 from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor, RunResult, kill_all
 from ciopt.exec.write_behind import WriteBehind
@@ -31,6 +32,7 @@ from ciopt.graph.target_graph import SourceTree
 from ciopt.own_outputs import OUT_DIR, mark_ignored
 
 if TYPE_CHECKING:
+    from ciopt.cache.tiered import RemoteTier
     from ciopt.exec.python_env import PythonEnv
 
 LOG_TAIL_LINES = 40
@@ -80,7 +82,8 @@ class EngineOptions:
 class Engine:
     def __init__(self, root: Path, actions: ActionGraph, sources: SourceTree, store: Store | None,
                  toolchain: Toolchain, options: EngineOptions, listener: Listener | None = None,
-                 executor: Executor | None = None, python: PythonEnv | None = None) -> None:
+                 executor: Executor | None = None, python: PythonEnv | None = None,
+                 remote_cache: RemoteTier | None = None) -> None:
         self.root = root
         self.ag = actions
         self.sources = sources
@@ -94,6 +97,8 @@ class Engine:
         self.local = LocalExecutor(self.out_root, options.digest, python)
         self.executor: Executor = executor or self.local
         self.writer = WriteBehind(store)
+        # The shared cache behind the local store (cache/tiered.py); None when not configured.
+        self.remote_cache = remote_cache if store is not None else None
         self._pending_outputs: list[OutputFile] = []
         self._stop = threading.Event()
         self._solo: set[Label] = set()  # tests to run alone: their batch died before they reported
@@ -164,8 +169,10 @@ class Engine:
                     running[pool.submit(self._execute_guarded, action, inputs, outcome)] = [label]
                 if to_batch and not stopping:
                     free = max(1, self.opts.jobs - busy())
+                    sizes = {p: d.size for a, _, _ in to_batch for p, d, _ in (
+                        (f, self.sources.digests[f], False) for f in pytest_files(a) if f in self.sources.digests)}
                     for batch in plan_batches(to_batch, lambda it: it[0], free, self.opts.batch_max_files,
-                                              self.opts.durations):
+                                              self.opts.durations, sizes):
                         running[pool.submit(self._execute_tests_guarded, batch)] = [a.label for a, _, _ in batch]
                     to_batch = []
                 elif to_batch:
@@ -243,6 +250,8 @@ class Engine:
             outcome.key = action_key(action, tree, self.toolchain.for_action(action), self.opts.digest)
             if self.store is not None:
                 self._try_cache(action, outcome)
+        except UserError:
+            raise  # the remote cache failed under `degradation: fail`: the build stops, exit 2
         except Exception as e:  # noqa: BLE001 - one broken action must not take the build down
             outcome.status = "failed"
             outcome.message = f"internal error: {type(e).__name__}: {e}"
@@ -266,6 +275,11 @@ class Engine:
     def _try_cache(self, action: Action, outcome: ActionOutcome) -> None:
         assert self.store is not None and outcome.key is not None
         raw = self.store.action_get(outcome.key)
+        tier = "cached_local"
+        if raw is None and self.remote_cache is not None:
+            # Blobs it names are downloaded, verified and stored locally before it counts.
+            raw = self.remote_cache.fetch(outcome.key)
+            tier = "cached_remote"
         result = ActionResult.decode(raw) if raw else None
         if result is None:
             return
@@ -279,7 +293,7 @@ class Engine:
                 return
         # Outputs are checked and restored in batches (_flush_materialize), not one by one.
         self._pending_outputs.extend(result.outputs)
-        outcome.status = "cached_local"
+        outcome.status = tier
         outcome.executor = result.executor
         outcome.exit_code = result.exit_code
         outcome.outputs = {o.path: o for o in result.outputs}
@@ -498,7 +512,15 @@ class Engine:
             started_at=run.started_at, finished_at=run.finished_at, executor=run.executor,
             test_outcome=outcome.test_outcome, attempts=outcome.attempts, extra=extra,
         )
-        self.writer.add(files, outcome.key, result.encode())
+        encoded = result.encode()
+        self.writer.add(files, outcome.key, encoded)
+        if self.remote_cache is not None:
+            named = [(self.out_root / o.path, o.digest) for o in result.outputs]
+            if stdout is not None and outcome.log is not None:
+                named.append((outcome.log, stdout))
+            if "cases" in extra:
+                named.append((files[-1], Digest.parse(str(extra["cases"]))))
+            self.remote_cache.upload(outcome.key, encoded, named)
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:

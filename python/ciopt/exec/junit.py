@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ciopt.exec.engine import ActionOutcome, log_tail
 
 if TYPE_CHECKING:
-    from ciopt.workspace import BuildResult
+    from ciopt.exec.build_result import BuildResult
 
 
 def _split_nodeid(nodeid: str) -> tuple[str, str]:

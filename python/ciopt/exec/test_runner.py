@@ -39,18 +39,27 @@ def batch_key(action: Action) -> tuple[object, ...]:
 
 
 def plan_batches(items: Sequence[T], action_of: Callable[[T], Action], slots: int, max_files: int,
-                 durations: Mapping[str, float]) -> list[list[T]]:
+                 durations: Mapping[str, float], sizes: Mapping[str, int] | None = None) -> list[list[T]]:
     """Split `items` into batches: compatible actions only, at least one batch per free slot
     (when there are enough files), none over `max_files` files; longest-first onto the batch
-    with the least expected time."""
+    with the least expected time.
+
+    Expected time: the file's last recorded duration; for a file never recorded, the median of
+    the recorded ones, or, when nothing is recorded (a cold CI runner), the test files' size in
+    bytes, which tracks the number of tests well enough to balance by."""
     groups: dict[tuple[object, ...], list[T]] = {}
     for it in items:
         groups.setdefault(batch_key(action_of(it)), []).append(it)
-    known = [d for d in durations.values() if d > 0]
+    known = [durations[str(action_of(it).label)] for it in items if durations.get(str(action_of(it).label), 0) > 0]
     default = sorted(known)[len(known) // 2] if known else DEFAULT_DURATION_S
 
     def cost(it: T) -> float:
-        return durations.get(str(action_of(it).label), default)
+        action = action_of(it)
+        if str(action.label) in durations:
+            return durations[str(action.label)]
+        if not known and sizes:
+            return float(sum(sizes.get(f, 0) for f in pytest_files(action))) or DEFAULT_DURATION_S
+        return default
 
     batches: list[list[T]] = []
     for members in groups.values():
@@ -65,7 +74,9 @@ def plan_batches(items: Sequence[T], action_of: Callable[[T], Action], slots: in
             total, count, members_i = bins[i]
             members_i.append(it)
             bins[i] = (total + cost(it), count + n, members_i)
-        batches.extend(b for _, _, b in bins if b)
+        # Within a process, files run in path order, as plain `pytest` collects them: suites with
+        # order-dependent files (one relies on a module another imported) behave as they do there.
+        batches.extend(sorted(b, key=lambda it: pytest_files(action_of(it))) for _, _, b in bins if b)
     return batches
 
 

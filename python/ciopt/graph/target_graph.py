@@ -16,7 +16,7 @@ from ciopt.errors import UserError
 
 import difflib
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,12 @@ from ciopt.store_location import default_store_path
 LABEL_ATTRS = ("srcs", "deps", "data", "tools", "tests")
 _EVAL_CACHE_VERSION = b"ciopt-build-eval-v2\0"
 
+
+
+# (root, sources, store, configured source roots, declared targets, zero_config) ->
+# (targets with inferred ones and inferred deps, the source roots used).
+Inferrer = Callable[[Path, "SourceTree", "Store | None", "tuple[str, ...] | None", "dict[Label, Target]", bool],
+                    "tuple[dict[Label, Target], tuple[str, ...]]"]
 
 
 class GraphError(UserError):
@@ -86,10 +92,12 @@ class TargetGraph:
 
     @classmethod
     def load(cls, root: Path, store: Store | None = None, sources: SourceTree | None = None,
-             source_roots: tuple[str, ...] | None = None, infer: bool = True) -> TargetGraph:
-        """Every target of the workspace. With `infer`, Python dependencies inferred from imports
-        are added (as `inferred_deps`) to py_library/py_test targets, and a workspace without
-        BUILD files gets one py_library per module and one py_test per test file."""
+             source_roots: tuple[str, ...] | None = None, infer: Inferrer | None = None) -> TargetGraph:
+        """Every target of the workspace. With `infer` (infer.graph.infer_targets_and_deps),
+        Python dependencies inferred from imports are added (as `inferred_deps`) to
+        py_library/py_test targets, and a workspace without BUILD files gets one py_library per
+        module and one py_test per test file. The graph layer knows nothing of inference
+        itself: imports run infer -> graph, never back."""
         sources = sources or scan_sources(root, store)
         build_files = _build_files(sources.digests)
         listings = _package_listings(sources.digests, set(build_files))
@@ -116,14 +124,8 @@ class TargetGraph:
             store.action_put_many(fresh)
         zero_config = not build_files
         roots = source_roots or ("",)
-        if infer and any(p.endswith(".py") for p in sources.digests):
-            from ciopt.infer.graph import add_inferred_deps, build_file_graph, inferred_targets
-
-            files = build_file_graph(root, sources.digests, store, source_roots)
-            roots = tuple(files.source_roots)
-            if zero_config:
-                targets = {t.label: t for t in inferred_targets(files, sources.digests)}
-            targets = add_inferred_deps(targets, files)
+        if infer is not None and any(p.endswith(".py") for p in sources.digests):
+            targets, roots = infer(root, sources, store, source_roots, targets, zero_config)
         graph = cls(root, sources, targets, frozenset(build_files), evaluated=evaluated, cached=cached,
                     zero_config=zero_config, source_roots=roots)
         graph._link()
@@ -290,4 +292,4 @@ def _cached_decls(store: Store | None, key: str) -> list[TargetDecl] | None:
         return None
 
 
-__all__ = ["GraphError", "LABEL_ATTRS", "SourceTree", "Target", "TargetGraph", "scan_sources"]
+__all__ = ["GraphError", "Inferrer", "LABEL_ATTRS", "SourceTree", "Target", "TargetGraph", "scan_sources"]

@@ -25,6 +25,7 @@ from ciopt._native import IMPORT_UNRESOLVED
 from ciopt.infer.extract import extract_cached
 from ciopt.graph.label import Label
 from ciopt.graph.target import BUILD_FILE_NAMES, Location, TargetDecl
+from ciopt.graph.target_graph import SourceTree, scan_sources
 from ciopt.infer.targets import InferredTarget
 from ciopt.infer.resolve import ModuleIndex, PythonResolver, conftests_for, detect_source_roots, read_pytest_settings
 
@@ -259,14 +260,22 @@ def add_inferred_deps(targets: dict[Label, TargetDecl], files: FileGraph) -> dic
     return out
 
 
+def infer_targets_and_deps(root: Path, sources: SourceTree, store: Store | None,
+                           source_roots: tuple[str, ...] | None, targets: dict[Label, TargetDecl],
+                           zero_config: bool) -> tuple[dict[Label, TargetDecl], tuple[str, ...]]:
+    """The Inferrer TargetGraph.load takes: inferred targets (zero-config) and inferred deps."""
+    files = build_file_graph(root, sources.digests, store, source_roots)
+    if zero_config:
+        targets = {t.label: t for t in inferred_targets(files, sources.digests)}
+    return add_inferred_deps(targets, files), tuple(files.source_roots)
+
+
 def infer_targets(root: Path, store: Store | None, source_roots: tuple[str, ...] | None = None) -> list[InferredTarget]:
     """What `ciopt tailor` writes: every Python module and test as a target, deps from imports.
 
     Declared deps must be acyclic, imports need not be: a dep inside an import cycle is left
     out of the BUILD file (inference still adds it when loading), so tailored files always load.
     """
-    from ciopt.graph.target_graph import scan_sources
-
     sources = scan_sources(root, store)
     files = build_file_graph(root, sources.digests, store, source_roots)
     label_of = {p: inferred_label(p) for p in files.edges if p.endswith(".py")}

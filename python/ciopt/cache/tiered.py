@@ -1,0 +1,339 @@
+"""The remote tier: the shared cache behind the local store.
+
+Lookups go to the local LMDB store first (the engine does that); on a miss the engine asks
+this tier. A remote hit is checked before it is used, and written to the local store, so the
+next run on this machine is a local hit:
+
+* the ActionCache entry's signature, when `cache.remote.signing_key_env` is set (signing.py);
+* every blob it names (outputs, the test log, per-test cases) against its digest, as it is
+  downloaded. A mismatch is counted, logged, and the whole entry is a miss, never a result.
+
+Uploads happen after success, behind the build: entries queue up (bounded; beyond the bound
+they are dropped with one warning), a background thread batches them (one find_missing for
+the blobs of many entries, then only the missing blobs, then the entries, so an entry never
+points at a blob the remote lacks), and the queue is flushed before exit within
+`flush_timeout_s`, after which what is left is dropped with a warning.
+
+Degradation: the first backend error trips a breaker for the rest of the invocation (one
+warning, everything local from then on), or, with `degradation: fail`, stops the build with
+an error naming the backend.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ciopt import Digest, Store, hash_bytes, hash_file
+from ciopt.cache.backend import STREAM_THRESHOLD, BackendError, RemoteBackend
+from ciopt.cache.signing import SignatureError, Signer, unwrap_unverified
+from ciopt.errors import UserError
+from ciopt.exec.action_result import ActionResult
+
+MAX_QUEUED = 10_000  # entries waiting for upload; beyond this they are dropped (with a warning)
+UPLOAD_BATCH = 64
+
+
+class RemoteCacheFailed(UserError):
+    """The remote cache failed and `degradation: fail` says that stops the build."""
+
+
+@dataclass
+class TierStats:
+    hits: int = 0
+    misses: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    uploads: int = 0
+    errors: int = 0
+    verify_failures: int = 0  # blobs whose bytes did not match their digest
+    signature_failures: int = 0
+    dropped: int = 0  # uploads given up (queue full, flush time cap, breaker)
+    latencies_s: list[float] = field(default_factory=list)  # ActionCache lookups
+
+    def to_json(self) -> dict[str, object]:
+        lat = sorted(self.latencies_s)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
+
+        return {"hits": self.hits, "misses": self.misses, "bytes_down": self.bytes_down,
+                "bytes_up": self.bytes_up, "uploads": self.uploads, "errors": self.errors,
+                "verify_failures": self.verify_failures, "signature_failures": self.signature_failures,
+                "dropped": self.dropped, "lookup_ms_p50": pct(0.5), "lookup_ms_p95": pct(0.95),
+                "lookup_ms_p99": pct(0.99)}
+
+
+@dataclass
+class _Upload:
+    key: str
+    entry: bytes  # the encoded ActionResult (signed on the way out)
+    files: list[tuple[Path, Digest]]  # blobs the entry names, where they are on disk
+
+
+class RemoteTier:
+    def __init__(self, backend: RemoteBackend, store: Store, *, read_only: bool = False,
+                 signer: Signer | None = None, degradation: str = "fallback",
+                 warn: Callable[[str], None] = lambda m: None, flush_timeout_s: float = 30.0) -> None:
+        self.backend = backend
+        self.store = store
+        self.digest = store.digest_function
+        self.read_only = read_only
+        self.signer = signer
+        self.degradation = degradation
+        self.warn = warn
+        self.flush_timeout_s = flush_timeout_s
+        self.stats = TierStats()
+        self.broken: str | None = None  # why the breaker tripped
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Upload | None] = queue.Queue(MAX_QUEUED)
+        self._worker: threading.Thread | None = None
+        self._warned_full = False
+
+    # -- failure handling ---------------------------------------------------------------------
+
+    def _failed(self, e: Exception) -> None:
+        with self._lock:
+            self.stats.errors += 1
+            if self.broken is not None:
+                return
+            self.broken = str(e)
+        if self.degradation == "fail":
+            raise RemoteCacheFailed(f"remote cache: {e} (degradation: fail)") from None
+        self.warn(f"remote cache unavailable, continuing with the local cache only: {e}")
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def fetch(self, key: str) -> bytes | None:
+        """The ActionCache entry for `key` from the remote, with every blob it names now in
+        the local store (verified) and the entry itself written locally; None on any miss."""
+        if self.broken is not None:
+            return None
+        started = time.perf_counter()
+        try:
+            raw = self.backend.get_action(key)
+        except BackendError as e:
+            self._failed(e)
+            return None
+        finally:
+            self.stats.latencies_s.append(time.perf_counter() - started)
+        if raw is None:
+            self.stats.misses += 1
+            return None
+        try:
+            payload = self.signer.verify(key, raw) if self.signer is not None else unwrap_unverified(raw)
+        except SignatureError as e:
+            self.stats.signature_failures += 1
+            self.stats.misses += 1
+            self.warn(f"remote cache entry {key[:12]} refused: {e}")
+            return None
+        result = ActionResult.decode(payload)
+        if result is None:
+            self.stats.misses += 1
+            return None
+        wanted = [o.digest for o in result.outputs] + [d for d in (result.stdout, result.stderr) if d]
+        cases = result.extra.get("cases")
+        if isinstance(cases, str):
+            try:
+                wanted.append(Digest.parse(cases))
+            except ValueError:
+                self.stats.misses += 1
+                return None
+        try:
+            if not self._download(self.store.find_missing(wanted)):
+                self.stats.misses += 1
+                return None
+        except BackendError as e:
+            self._failed(e)
+            return None
+        self.store.action_put(key, payload)
+        self.stats.hits += 1
+        return payload
+
+    def _download(self, missing: list[Digest]) -> bool:
+        """Every digest into the local store, verified; False when one is absent or corrupt."""
+        for d in missing:
+            if d.size > STREAM_THRESHOLD:
+                fd, tmp = tempfile.mkstemp(prefix=".remote-", dir=self.store.path)
+                os.close(fd)
+                try:
+                    if not self.backend.get_blob_to_file(d, Path(tmp)):
+                        return False
+                    if hash_file(tmp, self.digest) != d:
+                        self._corrupt(d)
+                        return False
+                    self.store.put_file(tmp)
+                finally:
+                    Path(tmp).unlink(missing_ok=True)
+            else:
+                data = self.backend.get_blob(d)
+                if data is None:
+                    return False
+                if hash_bytes(data, self.digest) != d:
+                    self._corrupt(d)
+                    return False
+                self.store.put(data)
+            self.stats.bytes_down += d.size
+        return True
+
+    def _corrupt(self, d: Digest) -> None:
+        self.stats.verify_failures += 1
+        self.warn(f"remote cache blob {d} did not match its digest: ignored (a miss)")
+
+    # -- for directory snapshots (dirs.py): the same checks, synchronously ---------------------
+
+    def get_entry(self, key: str) -> bytes | None:
+        """An ActionCache entry, signature checked (None: absent, refused, or the tier is down)."""
+        if self.broken is not None:
+            return None
+        try:
+            raw = self.backend.get_action(key)
+        except BackendError as e:
+            self._failed(e)
+            return None
+        if raw is None:
+            return None
+        try:
+            return self.signer.verify(key, raw) if self.signer is not None else unwrap_unverified(raw)
+        except SignatureError as e:
+            self.stats.signature_failures += 1
+            self.warn(f"remote cache entry {key[:12]} refused: {e}")
+            return None
+
+    def put_entry(self, key: str, payload: bytes) -> None:
+        if self.read_only or self.broken is not None:
+            return
+        try:
+            self.backend.put_action(key, self.signer.sign(key, payload) if self.signer is not None else payload)
+        except BackendError as e:
+            self._failed(e)
+
+    def download(self, digests: list[Digest]) -> bool:
+        """These blobs into the local store, verified; False when one is absent, corrupt, or the
+        tier is down."""
+        if self.broken is not None:
+            return False
+        try:
+            return self._download(digests)
+        except BackendError as e:
+            self._failed(e)
+            return False
+
+    def upload_now(self, files: list[tuple[Path, Digest]]) -> int:
+        """Upload the blobs the remote lacks, now; returns the bytes sent."""
+        if self.read_only or self.broken is not None:
+            return 0
+        before = self.stats.bytes_up
+        where: dict[Digest, Path] = {}
+        for path, d in files:
+            where.setdefault(d, path)
+        try:
+            for d in self.backend.find_missing(list(where)):
+                self._put(d, where[d])
+        except BackendError as e:
+            self._failed(e)
+        except OSError as e:
+            self.warn(f"remote cache upload skipped: {e}")
+        return self.stats.bytes_up - before
+
+    def _put(self, d: Digest, path: Path) -> None:
+        # The file may have been rewritten since it was hashed: upload only the bytes the
+        # digest names, read once and checked.
+        if d.size > STREAM_THRESHOLD:
+            if hash_file(path, self.digest) != d:
+                return
+            self.backend.put_blob_file(d, path)
+        else:
+            data = path.read_bytes()
+            if hash_bytes(data, self.digest) != d:
+                return
+            self.backend.put_blob(d, data)
+        self.stats.bytes_up += d.size
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    def upload(self, key: str, entry: bytes, files: list[tuple[Path, Digest]]) -> None:
+        """Queue a successful result for upload (never blocks the build)."""
+        if self.read_only or self.broken is not None:
+            return
+        try:
+            self._queue.put_nowait(_Upload(key, entry, files))
+        except queue.Full:
+            self.stats.dropped += 1
+            if not self._warned_full:
+                self._warned_full = True
+                self.warn(f"remote cache upload queue full ({MAX_QUEUED} entries): later results are not uploaded")
+            return
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._upload_loop, name="ciopt-remote-upload", daemon=True)
+            self._worker.start()
+
+    def _upload_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < UPLOAD_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._send(batch)
+                    return
+                batch.append(nxt)
+            self._send(batch)
+
+    def _send(self, batch: list[_Upload]) -> None:
+        if self.broken is not None:
+            self.stats.dropped += len(batch)
+            return
+        try:
+            where: dict[Digest, Path] = {}
+            for up in batch:
+                for path, d in up.files:
+                    where.setdefault(d, path)
+            for d in self.backend.find_missing(list(where)):
+                self._put(d, where[d])
+            for up in batch:
+                entry = self.signer.sign(up.key, up.entry) if self.signer is not None else up.entry
+                self.backend.put_action(up.key, entry)
+                self.stats.uploads += 1
+        except BackendError as e:
+            self.stats.dropped += len(batch)
+            try:
+                self._failed(e)
+            except RemoteCacheFailed:
+                pass  # reported by close(): uploads run after the results are known
+        except OSError as e:
+            self.stats.dropped += len(batch)
+            self.warn(f"remote cache upload skipped: {e}")
+
+    def close(self) -> None:
+        """Flush queued uploads within flush_timeout_s, then drop the rest with a warning."""
+        worker = self._worker
+        if worker is not None:
+            try:
+                self._queue.put(None, timeout=self.flush_timeout_s)
+            except queue.Full:
+                pass
+            worker.join(self.flush_timeout_s)
+            if worker.is_alive():
+                left = self._queue.qsize()
+                self.stats.dropped += left
+                self.warn(f"remote cache: {left} uploads still pending after {self.flush_timeout_s:g} s; "
+                          "dropped (the next run uploads them)")
+        try:
+            self.backend.close()
+        except BackendError:
+            pass
+
+
+__all__ = ["RemoteCacheFailed", "RemoteTier", "TierStats"]
