@@ -10,7 +10,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CIOPT  := $(VENV)/bin/ciopt
 RUST_SOURCES := Cargo.toml Cargo.lock $(wildcard rust/src/*.rs)
-PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich starlark-pyo3 libcst pyzmq
+PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich starlark-pyo3 libcst pyzmq \
+           xxhash redis hiredis
 
 # benches/<name>_bench.py, run by `make bench` (all) or `make bench-<name>`.
 BENCHES := hash graph infer remote

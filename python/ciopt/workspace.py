@@ -183,7 +183,10 @@ class Workspace:
             if remote_executor is not None:
                 remote_executor.close()
             if remote_cache is not None:
+                from ciopt.cache.tiered import record_history
+
                 remote_cache.close()  # flushes queued uploads, within cache.remote.flush_timeout_s
+                record_history(Path(self.config.cache.local.path), remote_cache.backend.name, remote_cache.stats)
             final = dict(outcomes or engine.outcomes)
             reason = f"not affected by the changes since {selection['base']}" if selection else ""
             for label in unaffected:
@@ -242,7 +245,9 @@ class Workspace:
             signer = Signer(secret.encode())
         try:
             backend = connect(rc.urls, rc.timeout_s)
-        except (BackendError, ValueError) as e:
+        except ValueError as e:  # a URL that cannot work (a password in it): configuration, exit 2
+            raise UserError(f"cache.remote.url: {e}") from None
+        except BackendError as e:
             if self.config.degradation == "fail":
                 raise RemoteCacheFailed(f"remote cache: {e} (degradation: fail)") from None
             say(f"remote cache unavailable, continuing with the local cache only: {e}")

@@ -19,6 +19,7 @@ from typing import Protocol
 from ciopt import Digest
 
 # Blobs above this size are streamed (HTTP) or chunked (Redis), never held whole in memory.
+# Part of the Redis storage format (raw vs chunked): changing it needs a new layout version.
 STREAM_THRESHOLD = 8 * 1024 * 1024
 
 
@@ -56,8 +57,16 @@ class RemoteBackend(Protocol):
     def close(self) -> None: ...
 
 
+class BatchBackend(RemoteBackend, Protocol):
+    """Optional: many small blobs per round trip (Redis pipelines, parallel HTTP requests)."""
+
+    def get_blobs(self, digests: Sequence[Digest]) -> list[bytes | None]: ...
+
+    def put_blobs(self, items: Sequence[tuple[Digest, bytes]]) -> None: ...
+
+
 def hexes(digests: Iterable[Digest]) -> list[str]:
     return [d.hash for d in digests]
 
 
-__all__ = ["STREAM_THRESHOLD", "BackendError", "RemoteBackend", "hexes"]
+__all__ = ["STREAM_THRESHOLD", "BackendError", "BatchBackend", "RemoteBackend", "hexes"]

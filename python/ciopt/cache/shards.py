@@ -63,9 +63,34 @@ class ShardedBackend:
     def put_blob_file(self, digest: Digest, path: Path) -> None:
         self.shard_for(digest.hash).put_blob_file(digest, path)
 
+    def get_blobs(self, digests: Sequence[Digest]) -> list[bytes | None]:
+        out: dict[Digest, bytes | None] = {}
+        for ident, group in self._by_shard(digests, lambda d: d.hash).items():
+            out.update(zip(group, _get_many(self._shard(ident), group)))
+        return [out[d] for d in digests]
+
+    def put_blobs(self, items: Sequence[tuple[Digest, bytes]]) -> None:
+        for ident, group in self._by_shard(items, lambda it: it[0].hash).items():
+            _put_many(self._shard(ident), group)
+
     def close(self) -> None:
         for s in self.shards:
             s.close()
+
+
+def _get_many(backend: RemoteBackend, digests: Sequence[Digest]) -> list[bytes | None]:
+    """Batched when the backend can (one pipeline / parallel requests), else one by one."""
+    many = getattr(backend, "get_blobs", None)
+    return list(many(digests)) if many is not None else [backend.get_blob(d) for d in digests]
+
+
+def _put_many(backend: RemoteBackend, items: Sequence[tuple[Digest, bytes]]) -> None:
+    many = getattr(backend, "put_blobs", None)
+    if many is not None:
+        many(items)
+    else:
+        for d, data in items:
+            backend.put_blob(d, data)
 
 
 def connect(urls: Sequence[str], timeout_s: float) -> RemoteBackend:
@@ -87,4 +112,5 @@ def _one(url: str, timeout_s: float) -> RemoteBackend:
     raise ValueError(f"cache.remote.url: unsupported scheme in {url!r} (redis://, rediss://, unix://, http://, https://)")
 
 
-__all__ = ["ShardedBackend", "connect"]
+__all__ = ["ShardedBackend", "connect", "get_many", "put_many"]
+get_many, put_many = _get_many, _put_many

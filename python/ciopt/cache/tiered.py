@@ -21,6 +21,7 @@ an error naming the backend.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import tempfile
@@ -158,6 +159,22 @@ class RemoteTier:
 
     def _download(self, missing: list[Digest]) -> bool:
         """Every digest into the local store, verified; False when one is absent or corrupt."""
+        from ciopt.cache.shards import get_many
+
+        small = [d for d in missing if d.size <= STREAM_THRESHOLD]
+        for start in range(0, len(small), 256):  # one round trip per 256 blobs, bounded memory
+            group = small[start:start + 256]
+            datas = get_many(self.backend, group)
+            good: list[bytes] = []
+            for d, data in zip(group, datas):
+                if data is None:
+                    return False
+                if hash_bytes(data, self.digest) != d:
+                    self._corrupt(d)
+                    return False
+                good.append(data)
+            self.store.put_many(good)
+            self.stats.bytes_down += sum(d.size for d in group)
         for d in missing:
             if d.size > STREAM_THRESHOLD:
                 fd, tmp = tempfile.mkstemp(prefix=".remote-", dir=self.store.path)
@@ -171,15 +188,7 @@ class RemoteTier:
                     self.store.put_file(tmp)
                 finally:
                     Path(tmp).unlink(missing_ok=True)
-            else:
-                data = self.backend.get_blob(d)
-                if data is None:
-                    return False
-                if hash_bytes(data, self.digest) != d:
-                    self._corrupt(d)
-                    return False
-                self.store.put(data)
-            self.stats.bytes_down += d.size
+                self.stats.bytes_down += d.size
         return True
 
     def _corrupt(self, d: Digest) -> None:
@@ -234,13 +243,35 @@ class RemoteTier:
         for path, d in files:
             where.setdefault(d, path)
         try:
-            for d in self.backend.find_missing(list(where)):
-                self._put(d, where[d])
+            self._put_all(self.backend.find_missing(list(where)), where)
         except BackendError as e:
             self._failed(e)
         except OSError as e:
             self.warn(f"remote cache upload skipped: {e}")
         return self.stats.bytes_up - before
+
+    def _put_all(self, missing: list[Digest], where: dict[Digest, Path]) -> None:
+        """Upload these blobs: small ones in batches (one round trip each), large ones streamed."""
+        from ciopt.cache.shards import put_many
+
+        batch: list[tuple[Digest, bytes]] = []
+        size = 0
+        for d in missing:
+            if d.size > STREAM_THRESHOLD:
+                self._put(d, where[d])
+                continue
+            data = where[d].read_bytes()
+            if hash_bytes(data, self.digest) != d:
+                continue  # rewritten since it was hashed: not the bytes the entry names
+            batch.append((d, data))
+            size += d.size
+            if len(batch) >= 256 or size >= STREAM_THRESHOLD:
+                put_many(self.backend, batch)
+                self.stats.bytes_up += size
+                batch, size = [], 0
+        if batch:
+            put_many(self.backend, batch)
+            self.stats.bytes_up += size
 
     def _put(self, d: Digest, path: Path) -> None:
         # The file may have been rewritten since it was hashed: upload only the bytes the
@@ -300,8 +331,7 @@ class RemoteTier:
             for up in batch:
                 for path, d in up.files:
                     where.setdefault(d, path)
-            for d in self.backend.find_missing(list(where)):
-                self._put(d, where[d])
+            self._put_all(self.backend.find_missing(list(where)), where)
             for up in batch:
                 entry = self.signer.sign(up.key, up.entry) if self.signer is not None else up.entry
                 self.backend.put_action(up.key, entry)
@@ -336,4 +366,45 @@ class RemoteTier:
             pass
 
 
-__all__ = ["RemoteCacheFailed", "RemoteTier", "TierStats"]
+HISTORY_FILE = "remote-tier.jsonl"
+HISTORY_KEEP = 500
+
+
+def record_history(store_path: Path, backend: str, stats: TierStats) -> None:
+    """Append one invocation's figures beside the store, for `ciopt cache stats`."""
+    path = Path(store_path) / HISTORY_FILE
+    line = json.dumps({"at": time.time(), "backend": backend, **stats.to_json()})
+    try:
+        lines = path.read_text().splitlines()[-(HISTORY_KEEP - 1):] if path.is_file() else []
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("\n".join([*lines, line]) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # figures are a convenience; never a reason to fail
+
+
+def history_summary(store_path: Path) -> dict[str, object] | None:
+    """Totals over the recorded invocations, and the latest one's latency percentiles."""
+    path = Path(store_path) / HISTORY_FILE
+    if not path.is_file():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    if not rows:
+        return None
+    total = {k: sum(int(r.get(k) or 0) for r in rows) for k in
+             ("hits", "misses", "bytes_down", "bytes_up", "uploads", "errors", "verify_failures",
+              "signature_failures", "dropped")}
+    lookups = total["hits"] + total["misses"]
+    last = next((r for r in reversed(rows) if r.get("lookup_ms_p50") is not None), rows[-1])
+    return {"invocations": len(rows), "backend": rows[-1].get("backend"), **total,
+            "hit_rate": round(total["hits"] / lookups, 4) if lookups else None,
+            "last_lookup_ms_p50": last.get("lookup_ms_p50"), "last_lookup_ms_p95": last.get("lookup_ms_p95"),
+            "last_lookup_ms_p99": last.get("lookup_ms_p99")}
+
+
+__all__ = ["RemoteCacheFailed", "RemoteTier", "TierStats", "history_summary", "record_history"]

@@ -42,9 +42,12 @@ def cache() -> None:
 @output_option
 def stats(store_path: Path | None, output: str) -> None:
     """Show what the store holds."""
+    from ciopt.cache.tiered import history_summary
+
     s = open_store(store_path).stats()
+    remote = history_summary(Path(s["path"]))
     if output == "json":
-        emit_json(dict(s))
+        emit_json({**dict(s), "remote": remote})
         return
     click.echo(f"store:           {s['path']}")
     click.echo(f"digest function: {s['digest_function']}")
@@ -53,6 +56,14 @@ def stats(store_path: Path | None, output: str) -> None:
     click.echo(f"action results:  {s['action_results']}")
     click.echo(f"stat entries:    {s['stat_entries']}")
     click.echo(f"on disk:         {format_size(s['env_bytes'])}")
+    if remote:
+        rate = f"{remote['hit_rate']:.1%}" if remote["hit_rate"] is not None else "-"
+        click.echo(f"remote tier:     {remote['backend']}, {remote['invocations']} invocations: {remote['hits']} hits, "
+                   f"{remote['misses']} misses ({rate}), {format_size(int(remote['bytes_down']))} down, "
+                   f"{format_size(int(remote['bytes_up']))} up, {remote['errors']} errors, "
+                   f"{int(remote['verify_failures']) + int(remote['signature_failures'])} refused")
+        click.echo(f"                 last lookup latency p50 {remote['last_lookup_ms_p50']} ms, "
+                   f"p95 {remote['last_lookup_ms_p95']} ms, p99 {remote['last_lookup_ms_p99']} ms")
 
 
 @cache.command()
