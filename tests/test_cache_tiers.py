@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from redis_server import RedisServer
 
-pytest_plugins = ["redis_server"]  # the redis_server fixture: a real redis-server per test
+# Real servers per test: redis_server (redis-server), serve (`ciopt cache serve`), nginx (WebDAV).
+pytest_plugins = ["redis_server", "http_servers"]
 
 FILES = {
     "BUILD": """
@@ -68,6 +69,28 @@ def test_a_fresh_runner_is_served_by_the_remote_tier(cli: CliRunner, tmp_path: P
     # `ciopt cache stats` shows the remote tier's figures.
     stats = json.loads(cli("cache", "stats", "-o", "json", cwd=ws_b, env=env_b, check=True).stdout)["remote"]
     assert stats["hits"] == 2 and stats["backend"] == redis_server.url and stats["last_lookup_ms_p50"] is not None
+
+
+@pytest.mark.parametrize("server", ["serve", "nginx"])
+def test_the_http_layout_serves_fresh_runners_too(cli: CliRunner, tmp_path: Path, request: pytest.FixtureRequest,
+                                                  server: str) -> None:
+    if server == "serve":
+        url = request.getfixturevalue("serve")("--write-token-env", "WRITE_TOKEN",
+                                               env={"WRITE_TOKEN": "w-secret"}).url
+    else:
+        url = request.getfixturevalue("nginx").url()
+    cfg = config(url)
+    writer = {"CIOPT_CACHE_TOKEN": "w-secret"}
+    ws_a, env_a = runner(tmp_path, "a", cfg)
+    assert set(statuses(run_json(cli, ws_a, "test", "//...", env={**env_a, **writer})).values()) == {"executed"}
+    ws_b, env_b = runner(tmp_path, "b", cfg)
+    doc = run_json(cli, ws_b, "test", "//...", env=env_b)
+    assert set(statuses(doc).values()) == {"cached_remote"}, doc["_stderr"]
+    if server == "serve":
+        # Without the write token a runner reads but cannot write: a warning, never a failure.
+        ws_c, env_c = runner(tmp_path, "c", cfg, {**FILES, "in.txt": "other\n"})
+        doc = run_json(cli, ws_c, "build", "//:gen", env=env_c)
+        assert statuses(doc) == {"//:gen": "executed"}
 
 
 def test_a_blob_that_does_not_match_its_digest_is_a_miss(cli: CliRunner, tmp_path: Path,

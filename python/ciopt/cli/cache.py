@@ -151,10 +151,10 @@ def ingest(root: Path, store_path: Path | None, digest: str | None, output: str)
                f"{len(entries) - stored} already in the store")
 
 
-# Dependency caching (directory snapshots) lives in its own module.
+# Dependency caching (directory snapshots) and the team cache server live in their own modules.
 from ciopt.cli.cache_dirs import restore as _restore, save as _save  # noqa: E402
+from ciopt.cli.cache_serve import serve as _serve  # noqa: E402
 
 cache.add_command(_save)
 cache.add_command(_restore)
-from ciopt.cli.cache_serve import serve  # noqa: E402
-cache.add_command(serve)
+cache.add_command(_serve)
