@@ -233,3 +233,31 @@ def test_dependency_snapshot_moves_only_what_changed(cli: CliRunner, tmp_path: P
     # Nothing saved under this name at all: a miss, exit 0.
     shutil.rmtree(ws_b / "venv")
     assert cache(ws_b, env_b, "restore", "node", "venv", "--key-file", "requirements.txt")["result"] == "miss"
+
+
+def test_shards_spread_keys_and_a_new_shard_moves_only_its_share(start_redis) -> None:  # noqa: ANN001
+    import ciopt
+    from ciopt.cache.redis_backend import RedisBackend
+    from ciopt.cache.shards import ShardedBackend
+
+    servers = [start_redis() for _ in range(3)]
+    backends = [RedisBackend(s.url, 2.0) for s in servers]
+    two = ShardedBackend(backends[:2])
+    keys = [ciopt.hash_bytes(str(i).encode()).hash for i in range(3000)]
+    placed = {k: two.shard_for(k).name for k in keys}
+    share = sum(1 for v in placed.values() if v == backends[0].name) / len(keys)
+    assert 0.45 < share < 0.55
+    three = ShardedBackend(backends)
+    moved = [k for k in keys if three.shard_for(k).name != placed[k]]
+    assert all(three.shard_for(k).name == backends[2].name for k in moved)  # only to the new shard
+    assert 0.28 < len(moved) / len(keys) < 0.39  # about a third
+
+    blobs = [b"blob %d" % i for i in range(200)]
+    digests = [ciopt.hash_bytes(b) for b in blobs]
+    three.put_blobs(list(zip(digests, blobs)))
+    assert three.get_blobs(digests) == blobs and three.find_missing(digests) == []
+    # A dead shard: its share raises (the tier turns that into misses); the others still answer.
+    servers[1].kill()
+    alive = [d for d in digests if three.shard_for(d.hash).name != backends[1].name]
+    assert three.get_blobs(alive) == [blobs[digests.index(d)] for d in alive]
+    three.close()

@@ -158,22 +158,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _config() -> Any:
-    """The workspace configuration around the current directory; None outside any workspace
-    (a cache server usually runs outside one)."""
-    from ciopt.config import ConfigError, load_config
-    from ciopt.workspace_root import WorkspaceNotFound, find_workspace_root
+    from ciopt.cli.config_here import config_here
 
-    try:
-        root = find_workspace_root(Path.cwd())
-    except WorkspaceNotFound:
-        return None
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        fail(str(e))
-    for warning in cfg.warnings:
-        click.echo(f"ciopt: warning: {warning}", err=True)
-    return cfg
+    return config_here()
 
 
 def _logging(access_log: bool) -> None:

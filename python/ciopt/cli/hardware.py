@@ -14,19 +14,11 @@ from ciopt.hardware import Capabilities, GpuDetection, detect_capabilities, prob
 
 def _costs_from_config() -> tuple[dict[str, float] | None, str | None]:
     """`hardware.costs` of the workspace around the current directory, and where it came from."""
-    from ciopt.config import ConfigError, load_config
-    from ciopt.workspace_root import WorkspaceNotFound, find_workspace_root
+    from ciopt.cli.config_here import config_here
 
-    try:
-        root = find_workspace_root(Path.cwd())
-    except WorkspaceNotFound:
+    cfg = config_here()
+    if cfg is None:
         return None, None  # outside a workspace the defaults apply
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        fail(str(e))
-    for warning in cfg.warnings:
-        click.echo(f"ciopt: warning: {warning}", err=True)
     costs = dict(cfg.hardware.costs)
     return (costs or None), cfg.sources.get("hardware.costs")
 

@@ -19,21 +19,9 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def _config() -> Any:
-    """The configuration of the workspace around the current directory; None outside any workspace."""
-    from ciopt.config import ConfigError, load_config
-    from ciopt.workspace_root import WorkspaceNotFound, find_workspace_root
+    from ciopt.cli.config_here import config_here
 
-    try:
-        root = find_workspace_root(Path.cwd())
-    except WorkspaceNotFound:
-        return None
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        fail(str(e))
-    for warning in cfg.warnings:
-        click.echo(f"ciopt: warning: {warning}", err=True)
-    return cfg
+    return config_here()
 
 
 def _logging(level: str) -> None:
