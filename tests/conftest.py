@@ -12,6 +12,9 @@ import pytest
 
 import ciopt
 
+# Fixtures that start real servers (redis_server, start_redis, serve, nginx), for every module.
+pytest_plugins = ["redis_server", "http_servers"]
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> ciopt.Store:

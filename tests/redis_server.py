@@ -1,6 +1,6 @@
 """Real `redis-server` processes on 127.0.0.1 for the cache tests (the Debian package).
 
-    pytest_plugins = ["redis_server"]  # in a test module: the redis_server and start_redis fixtures
+    (registered for every module in tests/conftest.py: pytest_plugins)
 
 `redis_server` is a fresh server per test: no persistence, a free TCP port, and a unix socket in
 a short /tmp directory (socket paths are limited to about 100 bytes, pytest's tmp_path may not

@@ -24,9 +24,8 @@ from ciopt.cache.redis_backend import CHUNK_SIZE, KEYS_PER_TRIP, RedisBackend
 if TYPE_CHECKING:
     from redis_server import RedisServer, Servers
 
-# The redis_server and start_redis fixtures. The module is imported as a plugin only (here, and
-# inside tests once loaded), so that pytest rewrites its asserts.
-pytest_plugins = ["redis_server"]
+# The redis_server and start_redis fixtures come from tests/conftest.py (pytest_plugins); the module
+# is imported as a plugin first, so that pytest rewrites its asserts.
 TIMEOUT_S = 1.0
 
 

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from redis_server import RedisServer
 
-# Real servers per test: redis_server (redis-server), serve (`ciopt cache serve`), nginx (WebDAV).
-pytest_plugins = ["redis_server", "http_servers"]
+# Real servers per test (tests/conftest.py): redis_server, start_redis, serve (`ciopt cache serve`), nginx.
 
 FILES = {
     "BUILD": """
