@@ -261,3 +261,26 @@ def test_selection_enabled_takes_its_base_from_the_config(cli: CliRunner, tmp_pa
                                                      "GITHUB_EVENT_PATH": str(event)})
     assert not any(t["status"] == "skipped_unaffected" for t in doc["tests"])
     assert any("fetch-depth" in n for n in doc["summary"]["notes"])
+
+
+def test_python_files_no_one_imports_are_data_of_the_tests_beside_them(cli: CliRunner, tmp_path: Path) -> None:
+    """Jinja's tests put tests/res on sys.path and import a module from it at run time: no
+    import statement shows it, so it is data. It must be in the sandbox, and a change to it must
+    select those tests."""
+    repo, _ = make_repo(tmp_path, ["a"], {
+        "tests/res/fixturepkg.py": "VALUE = 7\n",
+        "tests/test_res.py": """
+            import importlib, pathlib, sys
+
+            def test_fixture_package(monkeypatch):
+                monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent / "res"))
+                assert importlib.import_module("fixturepkg").VALUE == 7
+        """,
+    })
+    doc = run_json(cli, repo, "test", "//...")
+    assert by_file(doc)["tests/test_res.py"]["outcome"] == "passed", by_file(doc)["tests/test_res.py"]
+    (repo / "tests/res/fixturepkg.py").write_text("VALUE = 7  # edited\n")
+    affected = json.loads(cli("affected", "--base", "HEAD", "-o", "json", cwd=repo, check=True).stdout)
+    assert "tests/test_res.py" in affected["test_files"]
+    doc = run_json(cli, repo, "test", "//...")
+    assert by_file(doc)["tests/test_res.py"]["status"] == "executed"  # its key changed too

@@ -28,7 +28,7 @@ from ciopt.config import Config
 from ciopt.errors import UserError
 from ciopt.graph.target import BUILD_FILE_NAMES
 from ciopt.graph.target_graph import scan_sources
-from ciopt.infer.graph import build_file_graph, infer_targets_and_deps, inferred_label
+from ciopt.infer.graph import build_file_graph, data_files, infer_targets_and_deps, inferred_label
 from ciopt.own_outputs import OwnOutputs
 
 CODE_SUFFIXES = (".py", ".pyi", ".js", ".mjs", ".cjs", ".jsx", ".ts", ".mts", ".cts", ".tsx", ".sh", ".bash")
@@ -218,12 +218,13 @@ def compute_affected(root: Path, config: Config, store: Store | None, own: OwnOu
                       global_inputs_changed=global_hits)
 
     via = graph.dependents(relevant)
-    referenced = set(graph.reverse())
-    # Data files nobody imports: the tests of the nearest enclosing directory that has tests
-    # may read them (fixtures usually sit in a folder beside the tests). Root-level files
+    # Data files nobody imports (infer.graph.data_files: non-code files, and Python files no
+    # file imports that are not tests): the tests of the nearest enclosing directory that has
+    # tests may read them (fixtures usually sit in a folder beside the tests). Root-level files
     # select nothing unless they are global inputs.
+    data = set(data_files(graph, relevant))
     for p in relevant:
-        if p.endswith(CODE_SUFFIXES) or p in referenced or "/" not in p:
+        if p not in data or (p.endswith(CODE_SUFFIXES) and not p.endswith((".py", ".pyi"))):
             continue
         d = p.rpartition("/")[0]
         while True:

@@ -194,9 +194,25 @@ def inferred_label(path: str) -> Label | None:
         return None
 
 
+def data_files(files: FileGraph, all_files: Iterable[str]) -> list[str]:
+    """Files a test may read without importing them: every non-code file, and Python files no
+    file imports that are not tests themselves (fixture packages put on sys.path at run time,
+    as Jinja's tests/res/__init__.py is). Not at the workspace root."""
+    referenced = {d for deps in files.edges.values() for d in deps}
+    tests = set(files.test_files)
+    out = []
+    for p in all_files:
+        if "/" not in p or p.rpartition("/")[2] in BUILD_FILE_NAMES or p.endswith(".pyc"):
+            continue
+        if p.endswith((".py", ".pyi")) and (p in referenced or p in tests or p.rpartition("/")[2] == "conftest.py"):
+            continue
+        out.append(p)
+    return out
+
+
 def _data_files(test: str, data_by_dir: dict[str, list[str]]) -> tuple[Label, ...]:
-    """Non-code files in the test's directory tree: fixtures it may open by path. The same rule
-    `ciopt affected` applies, so a test reruns exactly when a file it can read changed."""
+    """Data files (data_files above) in the test's directory tree: fixtures it may open by path.
+    The same rule `ciopt affected` applies, so a test reruns exactly when a file it can read changed."""
     d = test.rpartition("/")[0]
     out = []
     for directory, paths in data_by_dir.items():
@@ -214,9 +230,8 @@ def inferred_targets(files: FileGraph, all_files: Iterable[str] = ()) -> list[Ta
     """A workspace without BUILD files: one py_library per module, one py_test per test file."""
     tests = set(files.test_files)
     data_by_dir: dict[str, list[str]] = {}
-    for p in all_files:
-        if "/" in p and not p.endswith((".py", ".pyi", ".pyc")) and p.rpartition("/")[2] not in BUILD_FILE_NAMES:
-            data_by_dir.setdefault(p.rpartition("/")[0], []).append(p)
+    for p in data_files(files, all_files):
+        data_by_dir.setdefault(p.rpartition("/")[0], []).append(p)
     out: list[TargetDecl] = []
     for path in files.edges:
         if not path.endswith(".py"):
