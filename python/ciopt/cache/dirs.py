@@ -1,14 +1,16 @@
 """Directory snapshots for dependency caching: `ciopt cache save` / `ciopt cache restore`.
 
 Like actions/cache, but content-addressed. A snapshot of some directories (a venv,
-node_modules, ~/.cache/pip) is a manifest, a sorted list of entries
+node_modules, ~/.cache/pip) is a Merkle tree of two levels: one listing blob per directory,
+the sorted entries directly in it,
 
     [relative path, kind ("f" file | "d" directory | "l" symlink), mode, digest or link target]
 
-stored as a blob; its own digest is the snapshot's identity. Files are blobs in the store
-(and the remote tier), so a venv with one package bumped shares every other file with the
-previous snapshot: saving it uploads only that package, restoring over an old venv
-rewrites only the files that differ.
+and a root blob listing every directory with the digest of its listing. Files are blobs in
+the store (and the remote tier), so a venv with one package bumped shares every other file,
+and every other directory listing, with the previous snapshot: saving it uploads that
+package's files, its directories' listings and the root; restoring over an old venv rewrites
+only the files that differ.
 
 Keys: NAME + the digests of the key files (lockfiles) + the platform (OS, CPU architecture).
 An index entry per workspace lists recent snapshots (name, key, time), newest first; a
@@ -36,7 +38,8 @@ from ciopt import Digest, Store, hash_bytes, hash_file
 from ciopt.cache.tiered import RemoteTier
 from ciopt.errors import UserError
 
-FORMAT = "ciopt-dir-snapshot-v1"
+FORMAT = "ciopt-dir-snapshot-v2"
+WRITE_BATCH_BYTES = 64 * 1024 * 1024  # blobs read from the store per batch on restore
 INDEX_KEY_SEED = "ciopt-dir-snapshot-index-v1"
 INDEX_LIMIT = 200
 
@@ -114,26 +117,27 @@ def save(store: Store, remote: RemoteTier | None, name: str, paths: list[Path], 
     entries, files = _scan(paths, store)
     report.files = len(files)
     report.bytes_total = sum(d.size for _, d in files)
-    manifest = json.dumps({"format": FORMAT, "name": name, "entries": entries}, separators=(",", ":")).encode()
+    by_dir: dict[str, list[list[object]]] = {}
+    for e in entries:
+        by_dir.setdefault(str(e[0]).rpartition("/")[0], []).append(e)
+    listings = {d: json.dumps(rows, separators=(",", ":")).encode() for d, rows in sorted(by_dir.items())}
+    listing_digests = store.put_many(list(listings.values()))
+    root = json.dumps({"format": FORMAT, "name": name,
+                       "dirs": [[d, str(dg)] for d, dg in zip(listings, listing_digests)]},
+                      separators=(",", ":")).encode()
     missing = set(store.find_missing([d for _, d in files]))
     store.put_files([p for p, d in files if d in missing])
-    manifest_digest = store.put(manifest)
-    entry = json.dumps({"manifest": str(manifest_digest), "name": name, "saved_at": time.time()}).encode()
+    root_digest = store.put(root)
+    entry = json.dumps({"manifest": str(root_digest), "name": name, "saved_at": time.time()}).encode()
     store.action_put(key, entry)
     if remote is not None:
-        report.bytes_uploaded = remote.upload_now([*files, (_manifest_file(store, manifest_digest, manifest),
-                                                               manifest_digest)])
+        report.bytes_uploaded = remote.upload_now(files)
+        report.bytes_uploaded += remote.upload_bytes_now([*zip(listing_digests, listings.values()),
+                                                          (root_digest, root)])
         remote.put_entry(key, entry)
     _add_to_index(store, remote, name, key)
     report.duration_s = round(time.time() - started, 3)
     return report
-
-
-def _manifest_file(store: Store, digest: Digest, data: bytes) -> Path:
-    path = Path(store.path) / "tmp" / f"manifest-{digest.hash}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 def _read_index(store: Store, remote: RemoteTier | None) -> list[dict[str, object]]:
@@ -190,9 +194,19 @@ def restore(store: Store, remote: RemoteTier | None, name: str, paths: list[Path
     if store.find_missing([manifest_digest]) and not (remote and remote.download([manifest_digest])):
         report.result, report.notes = "miss", ["the snapshot's manifest is gone from every tier"]
         return report
-    manifest = json.loads(store.get(manifest_digest) or b"{}")
+    root = json.loads(store.get(manifest_digest) or b"{}")
+    if root.get("format") != FORMAT:
+        report.result, report.notes = "miss", [f"snapshot written by another ciopt version ({root.get('format')})"]
+        return report
     wanted = {p.as_posix() for p in paths}
-    rows = [r for r in manifest.get("entries", []) if _under(str(r[0]), wanted)]
+    dirs = [(d, Digest.parse(dg)) for d, dg in root.get("dirs", []) if _under(d, wanted) or
+            any(w.rpartition("/")[0] == d for w in wanted)]
+    lost = store.find_missing([dg for _, dg in dirs])
+    if lost and not (remote and remote.download(lost)):
+        report.result, report.notes = "miss", ["directory listings of the snapshot are gone from every tier"]
+        return report
+    rows = [r for blob in store.get_many([dg for _, dg in dirs]) for r in json.loads(blob or b"[]")
+            if _under(str(r[0]), wanted)]
     digests = [Digest.parse(r[3]) for r in rows if r[1] == "f"]
     missing = store.find_missing(digests)
     if missing:
@@ -233,6 +247,7 @@ def _materialize(store: Store, rows: list[list[object]], roots: set[str], report
     present = [r for r in rows if r[1] == "f" and os.path.isfile(str(r[0])) and not os.path.islink(str(r[0]))]
     current = dict(zip((str(r[0]) for r in present), store.hash_files([str(r[0]) for r in present]))) \
         if present else {}
+    to_write: list[tuple[Path, Digest, int]] = []
     for rel, kind, mode, value in rows:
         path = Path(str(rel))
         if kind == "d":
@@ -258,10 +273,30 @@ def _materialize(store: Store, rows: list[list[object]], roots: set[str], report
                 shutil.rmtree(path)
             elif path.is_symlink():
                 path.unlink()
-            if not store.get_to_file(digest, path, executable=bool(int(mode) & 0o100)):  # type: ignore[arg-type]
-                raise SnapshotError(f"blob {digest} of {rel} vanished from the store during the restore")
-            os.chmod(path, int(mode))  # type: ignore[arg-type]
+            to_write.append((path, digest, int(mode)))  # type: ignore[arg-type]
+    _write_files(store, to_write, report)
+
+
+def _write_files(store: Store, files: list[tuple[Path, Digest, int]], report: SnapshotReport) -> None:
+    """Many files from the store: blobs read in batches (one verified, parallel read per batch
+    instead of one call per file), each file written to a temporary name and renamed."""
+    start = 0
+    while start < len(files):
+        end, size = start, 0
+        while end < len(files) and (end == start or size + files[end][1].size <= WRITE_BATCH_BYTES):
+            size += files[end][1].size
+            end += 1
+        batch = files[start:end]
+        for (path, digest, mode), data in zip(batch, store.get_many([d for _, d, _ in batch])):
+            if data is None:
+                raise SnapshotError(f"blob {digest} of {path} vanished from the store during the restore")
+            tmp = path.with_name(f".{path.name}.ciopt-restore")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
             report.files_written += 1
+        start = end
 
 
 __all__ = ["SnapshotError", "SnapshotReport", "restore", "save", "snapshot_key"]

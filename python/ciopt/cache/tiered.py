@@ -111,9 +111,11 @@ class RemoteTier:
 
     # -- lookups ------------------------------------------------------------------------------
 
-    def fetch(self, key: str) -> bytes | None:
+    def fetch(self, key: str, defer_entry: Callable[[str, bytes], None] | None = None) -> bytes | None:
         """The ActionCache entry for `key` from the remote, with every blob it names now in
-        the local store (verified) and the entry itself written locally; None on any miss."""
+        the local store (verified) and the entry itself written locally (or handed to
+        `defer_entry`, the engine's batched writer: one LMDB commit per hit instead of two);
+        None on any miss."""
         if self.broken is not None:
             return None
         started = time.perf_counter()
@@ -153,7 +155,10 @@ class RemoteTier:
         except BackendError as e:
             self._failed(e)
             return None
-        self.store.action_put(key, payload)
+        if defer_entry is not None:
+            defer_entry(key, payload)
+        else:
+            self.store.action_put(key, payload)
         self.stats.hits += 1
         return payload
 
@@ -233,6 +238,24 @@ class RemoteTier:
         except BackendError as e:
             self._failed(e)
             return False
+
+    def upload_bytes_now(self, items: list[tuple[Digest, bytes]]) -> int:
+        """Upload these in-memory blobs where the remote lacks them, now; returns bytes sent."""
+        from ciopt.cache.shards import put_many
+
+        if self.read_only or self.broken is not None or not items:
+            return 0
+        by_digest = dict(items)
+        try:
+            missing = [(d, by_digest[d]) for d in self.backend.find_missing(list(by_digest))]
+            if missing:
+                put_many(self.backend, missing)
+        except BackendError as e:
+            self._failed(e)
+            return 0
+        sent = sum(d.size for d, _ in missing)
+        self.stats.bytes_up += sent
+        return sent
 
     def upload_now(self, files: list[tuple[Path, Digest]]) -> int:
         """Upload the blobs the remote lacks, now; returns the bytes sent."""

@@ -278,7 +278,7 @@ class Engine:
         tier = "cached_local"
         if raw is None and self.remote_cache is not None:
             # Blobs it names are downloaded, verified and stored locally before it counts.
-            raw = self.remote_cache.fetch(outcome.key)
+            raw = self.remote_cache.fetch(outcome.key, lambda k, v: self.writer.add([], k, v))
             tier = "cached_remote"
         result = ActionResult.decode(raw) if raw else None
         if result is None:
