@@ -14,12 +14,14 @@ with its own venv benches/.corpus/pytest-<name>-venv (made with `python -m venv`
 interpreter running the bench; the project installed editable, plus its test requirements and
 pytest-xdist, all pinned):
 
-  click            src-layout, 35 test files in tests/ and tests/test_utils/, a small conftest;
-                   the repo where ciopt's own site-packages click used to shadow the checkout
-  more-itertools   flat layout, 2 big unittest-style test files (~1,500 tests)
-  boltons          flat layout, 31 small test files in tests/, a conftest hook, data files
+  click            src-layout, 34 test files in tests/ and tests/test_utils/, a small conftest,
+                   2,016 tests (31,000 more deselected by its addopts); the repo where ciopt's own
+                   site-packages click used to shadow the checkout
+  more-itertools   flat layout, 2 big unittest-style test files: 736 tests, 21,039 subtests
+                   (pytest 9 reports each; the suite takes ~30 s, the slowest here)
+  boltons          flat layout, 29 small test files in tests/, a conftest hook, data files
   jinja            src-layout, 22 test files, a fixture-heavy conftest (async via trio/asyncio),
-                   templates read by path from tests/res/
+                   templates and a module imported by path from tests/res/
 
 Rows, for each repository R (the first three from the same repetitions: ciopt cold, ciopt warm,
 pytest, pytest -n 2, the order flipped every other repetition):
@@ -58,14 +60,23 @@ as the clone's configuration and rootdir; alone, such a clone gets its root as r
 options, which is exactly what the empty pytest.ini gives.
 
 The fields of ciopt's JSON this bench reads (tests[].file, .status, .outcome, .cases[].nodeid and
-.outcome) and the options (--affected-since) are checked on every run; whatever is missing is named
-in the notes and the bench falls back (file names from labels, per-file outcomes, a warm run
-without --affected-since) instead of failing.
+.outcome, summary.python.executable) and the options (--affected-since) are checked on every run;
+whatever is missing is named in the notes and the bench falls back (file names from tests[].files
+or the label, per-file outcomes, a warm run without --affected-since) instead of failing. A test
+run by an interpreter outside the repo's venv is flagged WRONG INTERPRETER. Every test ciopt did
+not pass is listed with its failing cases, and its log is copied to benches/.corpus/pytest-logs/
+(ciopt-out/ is rewritten by the next run).
+
+Timings on 2 cores: setup from the local mirrors about 2 minutes (a no-op rerun: the pytest
+checks only, 1-2 minutes); a --quick run 16 minutes on a shared machine, 6.5 of them
+more-itertools; a full run (--repeat 5, 20 commits) is estimated at 45-60 minutes, two thirds of
+it more-itertools (`--repos click,boltons,jinja` leaves it out).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -82,9 +93,10 @@ from typing import Any
 
 import corpus
 import harness
-from harness import CIOPT_CLI, REPO, Result, emit, fill, fmt_samples
+from harness import CIOPT_CLI, Result, emit, fill, fmt_samples
 
 SCRATCH = corpus.CORPUS / "pytest_tmp"  # stores and reports: same filesystem as the corpora
+LOGS = corpus.CORPUS / "pytest-logs"  # logs of tests ciopt failed, kept after the run
 CMD_TIMEOUT_S = 900
 JOBS = "2"
 
@@ -123,14 +135,14 @@ REPOS: dict[str, Repo] = {r.name: r for r in (
     # 2026-08-20 "Add FAQ entry about UnicodeEncodeError on Windows (#3778)". CI: tox, wheel +
     # dependency group `tests` (pytest).
     Repo("click", "pallets/click", "2c8cd3ac958a7eb316d67f2d316c27086c4c0369",
-         ("-e", ".", PYTEST, XDIST), "src-layout, 35 test files, small conftest"),
+         ("-e", ".", PYTEST, XDIST), "src-layout, 34 test files, small conftest"),
     # 2026-08-12 "Merge pull request #1238 from more-itertools/flit-no-setup-py". CI: `pip install
     # --editable .` then unittest; pytest collects the same TestCase classes.
     Repo("more-itertools", "more-itertools/more-itertools", "2fe1b2eeb9d75f994113fe3ac76d14b6bcd6fb10",
          ("-e", ".", PYTEST, XDIST), "flat layout, 2 big test files"),
     # 2026-08-19 "statsutils: add mode() ... (#453)". CI: tox, dependency group `dev` (pytest>=8).
     Repo("boltons", "mahmoud/boltons", "967864f89791509f9eb36b22b4579d36b72a6df2",
-         ("-e", ".", PYTEST, XDIST), "flat layout, 31 small test files, conftest hook"),
+         ("-e", ".", PYTEST, XDIST), "flat layout, 29 small test files, conftest hook"),
     # 2025-06-14 "Merge branch 'stable'" (main moves slowly: 20 first-parent commits reach 2024-08).
     # CI: tox, wheel + dependency group `tests` (pytest, pytest-timeout, trio).
     Repo("jinja", "pallets/jinja", "5ef70112a1ff19c05324ff889dd30405b1002044",
@@ -148,6 +160,8 @@ EXCLUDES = ("/ciopt-out/", "/.pytest_cache/", "__pycache__/")
 PYTEST_CONFIG_SECTIONS = (("pytest.ini", None), (".pytest.ini", None),
                           ("pyproject.toml", "[tool.pytest.ini_options]"), ("tox.ini", "[pytest]"),
                           ("setup.cfg", "[tool:pytest]"))
+
+ISOLATING_INI = "# pytest_bench.py: keeps pytest from climbing to ciopt's own pyproject.toml\n[pytest]\n"
 
 # ciopt JSON: a test "ran" when it was executed now (passed or not).
 RAN_STATUSES = ("executed", "failed")
@@ -219,6 +233,12 @@ class Suite:
         return execute([str(CIOPT_CLI), "test", "//...", "-j", JOBS, *args, "-o", "json"], self.root,
                        child_env(self.venv, store), capture=True)
 
+    def freeze(self) -> list[str]:
+        """The venv's packages, for the JSON (the pins above are not the whole story)."""
+        out = subprocess.run([str(self.venv / "bin" / "python"), "-m", "pip", "freeze"],
+                             capture_output=True, text=True, env=child_env(self.venv))
+        return out.stdout.split()
+
     def cold(self, *args: str) -> tuple[Ran, Path]:
         """A ciopt run from nothing: no ciopt-out/, an empty store (returned, for a warm run)."""
         shutil.rmtree(self.root / "ciopt-out", ignore_errors=True)
@@ -280,6 +300,11 @@ class Report:
     def total(self) -> int:
         return sum(len(self.files_of(t)) for t in self.tests)
 
+    def interpreter(self) -> str | None:
+        """The Python ciopt ran the tests with (summary.python.executable), when it says."""
+        py = (self.doc or {}).get("summary", {}).get("python")
+        return py.get("executable") if isinstance(py, dict) else None
+
     def counts(self) -> str:
         if self.doc is None:
             return self.problem or "no report"
@@ -289,9 +314,26 @@ class Report:
                 + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) + "; outcomes "
                 + ", ".join(f"{k} {v}" for k, v in sorted(o.items())))
 
-    def failures(self) -> list[str]:
-        return [f"{t.get('label')}: {t.get('outcome')} (log {t.get('log')})" for t in self.tests
-                if t.get("outcome") not in ("passed", "skipped_unaffected", "flaky")]
+    def failures(self, keep_as: str | None = None) -> list[str]:
+        """One line per test that did not pass: its failing cases and its log. With `keep_as`, each
+        log is copied to benches/.corpus/pytest-logs/ (the next run overwrites ciopt-out/)."""
+        out = []
+        for t in self.tests:
+            if t.get("outcome") in ("passed", "skipped_unaffected", "flaky"):
+                continue
+            bad = [c.get("nodeid", "?").rpartition("::")[2] + f" {c.get('outcome')}"
+                   for c in t.get("cases") or [] if c.get("outcome") in ("failed", "error")]
+            log = t.get("log")
+            if keep_as and log and Path(log).is_file():
+                LOGS.mkdir(parents=True, exist_ok=True)
+                label = t.get("label", "?").strip("/").replace("/", "_").replace(":", ".")
+                kept = LOGS / f"{keep_as}-{label}.log"
+                shutil.copyfile(log, kept)
+                log = str(kept)
+            out.append(f"{t.get('label')}: {t.get('outcome')}"
+                       + (f" [{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}]" if bad else "")
+                       + f" (log {log})")
+        return out
 
 
 def ciopt_features() -> dict[str, bool]:
@@ -331,8 +373,8 @@ def isolate(root: Path) -> list[str]:
     ini = root / "pytest.ini"
     tracked_ini = bool(git(root, "ls-files", "pytest.ini").strip())
     if not tracked_ini and (ini.exists() or not has_pytest_config(root)):
-        ini.write_text("# pytest_bench.py: stops pytest from climbing to ciopt's own pyproject.toml\n"
-                       "[pytest]\n")
+        if not ini.exists() or ini.read_text() != ISOLATING_INI:
+            ini.write_text(ISOLATING_INI)
         _exclude(root, ("/pytest.ini",))
         added.append("pytest.ini")
     _exclude(root, EXCLUDES)
@@ -353,8 +395,7 @@ def clone(repo: Repo) -> Path:
         else:
             raise RuntimeError(f"could not clone {repo.github}")
         try:
-            corpus._git(tmp, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach",
-                        repo.commit)
+            checkout(tmp, repo.commit)
         except subprocess.CalledProcessError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeError(f"{repo.github} has no commit {repo.commit}") from None
@@ -362,10 +403,15 @@ def clone(repo: Repo) -> Path:
     return dest
 
 
+def checkout(root: Path, rev: str, *flags: str) -> None:
+    corpus._git(root, "-c", "advice.detachedHead=false", "checkout", "-q", *flags, "--detach", rev)
+
+
 def at_pin(root: Path, commit: str) -> None:
     """Back to the pinned commit with a clean tree (a replay interrupted midway leaves another)."""
-    if git(root, "rev-parse", "HEAD").strip() != commit or git(root, "status", "--porcelain").strip():
-        corpus._git(root, "-c", "advice.detachedHead=false", "checkout", "-q", "-f", "--detach", commit)
+    head = git(root, "rev-parse", "HEAD").strip()
+    if head != commit or git(root, "status", "--porcelain").strip():
+        checkout(root, commit, "-f")
         corpus._git(root, "clean", "-q", "-fd")  # untracked files only; ignored ones stay
 
 
@@ -441,6 +487,41 @@ def setup(repos: list[Repo]) -> int:
 # --- 1, 2, 3: cold and warm against pytest and pytest -n 2 ---------------------------------------
 
 @dataclass
+class Seen:
+    """The ciopt reports of one row's repetitions, failures read while their logs still exist."""
+
+    reports: list[Report] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, ran: Ran, keep_as: str | None = None) -> Report:
+        rep = Report.parse(ran)
+        self.reports.append(rep)
+        self.failures += [f"repetition {len(self.reports)}: {f}" for f in rep.failures(keep_as)]
+        if rep.problem:
+            self.failures.append(f"repetition {len(self.reports)}: {rep.problem}")
+        return rep
+
+    def note(self, r: Result, key: str, venv: Path | None = None) -> None:
+        """Counts of the last report; over all of them: missing fields, the interpreter, failures.
+        `venv`: the interpreter ciopt should have run the tests with."""
+        if not self.reports:
+            return
+        r.notes[key] = self.reports[-1].counts() + (" (the last repetition)" if len(self.reports) > 1 else "")
+        missing = set().union(*(x.missing for x in self.reports))
+        pythons = {x.interpreter() for x in self.reports if x.doc}
+        if venv is not None and None in pythons:
+            missing.add("summary.python")
+        if missing:
+            r.notes[f"{key}: missing from ciopt's JSON"] = ", ".join(sorted(missing))
+        wrong = sorted(p for p in pythons if p and venv and not p.startswith(str(venv) + os.sep))
+        if wrong and venv:
+            r.notes[f"{key}: WRONG INTERPRETER (not {venv.name})"] = ", ".join(wrong)
+        if self.failures:
+            f = self.failures
+            r.notes[f"{key}: not passed"] = f[:10] + ([f"... {len(f) - 10} more"] if len(f) > 10 else [])
+
+
+@dataclass
 class Config:
     repeat: int
     commits: int
@@ -448,59 +529,59 @@ class Config:
     features: dict[str, bool] = field(default_factory=dict)
     # The first cold report of each repository, reused by outcomes[R] (a cold run costs as much
     # as a pytest run).
-    cold_reports: dict[str, Report] = field(default_factory=dict)
-
-
-def note_report(r: Result, key: str, rep: Report) -> None:
-    r.notes[key] = rep.counts()
-    if rep.missing:
-        r.notes[f"{key}: missing from ciopt's JSON"] = ", ".join(sorted(rep.missing))
-    fails = rep.failures()
-    if fails:
-        r.notes[f"{key}: not passed"] = fails[:10] + ([f"... {len(fails) - 10} more"] if len(fails) > 10 else [])
+    cold_reports: dict[str, Seen] = field(default_factory=dict)
 
 
 def bench_suite(repo: Repo, cfg: Config, results: list[Result]) -> None:
     s = prepare(repo)
+    n = repo.name
     # Warm-up, untimed: the page cache, both sides' bytecode; the cold report feeds outcomes[R].
     base = s.pytest(capture=True)
     first, store = s.cold()
     shutil.rmtree(store, ignore_errors=True)
-    cfg.cold_reports[repo.name] = Report.parse(first)
+    cfg.cold_reports[n] = Seen()
+    cfg.cold_reports[n].add(first, keep_as=f"{n}-outcomes")
 
     cold_t: list[float] = []
     warm_t: list[float] = []
     py_t: list[float] = []
     xd_t: list[float] = []
-    cold_reps: list[Report] = []
-    warm_reps: list[Report] = []
+    cold_seen, warm_seen = Seen(), Seen()
+    peer_fail: list[str] = []
 
     def ours() -> None:
+        i = len(cold_t) + 1
         ran, store = s.cold()
         try:
+            cold_seen.add(ran, keep_as=f"{n}-cold{i}")  # before the warm run rewrites the logs
             warm = s.ciopt(store)
         finally:
             shutil.rmtree(store, ignore_errors=True)
+        warm_seen.add(warm, keep_as=f"{n}-warm{i}")
         cold_t.append(ran.seconds)
         warm_t.append(warm.seconds)
-        cold_reps.append(Report.parse(ran))
-        warm_reps.append(Report.parse(warm))
 
     def peers() -> None:
-        py_t.append(s.pytest().seconds)
-        xd_t.append(s.pytest("-n", JOBS).seconds)
+        for argv, into in (((), py_t), (("-n", JOBS), xd_t)):
+            ran = s.pytest(*argv, capture=True)
+            into.append(ran.seconds)
+            if ran.rc:
+                peer_fail.append(f"repetition {len(into)}: pytest {' '.join(argv)} exit {ran.rc}: "
+                                 f"{last_line(ran)}")
 
     for i in range(cfg.repeat):
         for step in ((ours, peers) if i % 2 == 0 else (peers, ours)):
             step()
 
-    n = repo.name
     cold = fill(Result(f"cold_vs_pytest[{n}]", "pytest (one process)", "goal <= 0.75",
                        max_ratio=0.75), cold_t, py_t)
     cold.notes["repo"] = f"{repo.github}@{repo.commit[:12]} ({repo.shape})"
     cold.notes["pytest at the pin"] = f"exit {base.rc}: {last_line(base)}"
+    if peer_fail:
+        cold.notes["pytest failures while timed"] = peer_fail
     cold.notes["samples ours / peer"] = f"{fmt_samples(cold_t)} / {fmt_samples(py_t)}"
-    note_report(cold, "ciopt cold", cold_reps[-1])
+    cold_seen.note(cold, "ciopt cold", s.venv)
+    cold.extra["venv"] = s.freeze()
     emit(cold, results)
 
     xd = fill(Result(f"cold_vs_xdist[{n}]", f"pytest -n {JOBS} (pytest-xdist)", "goal <= 1.05",
@@ -512,8 +593,8 @@ def bench_suite(repo: Repo, cfg: Config, results: list[Result]) -> None:
                        max_ratio=0.05), warm_t, py_t)
     warm.notes["samples ours / peer"] = f"{fmt_samples(warm_t)} / {fmt_samples(py_t)}"
     warm.notes["test files ciopt ran again (of all)"] = ", ".join(
-        f"{w.ran()}/{w.total()}" if w.doc else "?" for w in warm_reps)
-    note_report(warm, "ciopt warm", warm_reps[-1])
+        f"{w.ran()}/{w.total()}" if w.doc else "?" for w in warm_seen.reports)
+    warm_seen.note(warm, "ciopt warm", s.venv)
     emit(warm, results)
 
 
@@ -555,11 +636,13 @@ CASE_AS_JUNIT = {"xpassed": "passed"}
 def bench_outcomes(repo: Repo, cfg: Config, results: list[Result]) -> None:
     s = prepare(repo)
     name = f"outcomes[{repo.name}]"
-    rep = cfg.cold_reports.get(repo.name)
-    if rep is None:
+    seen = cfg.cold_reports.get(repo.name)
+    if seen is None:
         ran, store = s.cold()
         shutil.rmtree(store, ignore_errors=True)
-        rep = Report.parse(ran)
+        seen = Seen()
+        seen.add(ran, keep_as=f"{repo.name}-outcomes")
+    rep = seen.reports[-1]
     SCRATCH.mkdir(parents=True, exist_ok=True)
     xml = SCRATCH / f"junit-{repo.name}.xml"
     base = s.pytest("-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit1",
@@ -571,9 +654,10 @@ def bench_outcomes(repo: Repo, cfg: Config, results: list[Result]) -> None:
         emit(r, results)
         return
     junit = read_junit(xml)
-    note_report(r, "ciopt", rep)
+    seen.note(r, "ciopt", s.venv)
 
     diffs: list[str] = []
+    junit_files = {f for _, f in junit.values()}
     if all("cases" in t for t in rep.tests):
         ours: dict[tuple[str, str], tuple[str, str]] = {}
         for t in rep.tests:
@@ -581,17 +665,19 @@ def bench_outcomes(repo: Repo, cfg: Config, results: list[Result]) -> None:
                 outcome = CASE_AS_JUNIT.get(c.get("outcome"), c.get("outcome"))
                 ours[junit_key(c.get("nodeid", ""))] = (outcome, c.get("nodeid", ""))
             if not t.get("cases") and t.get("status") != "skipped_unaffected":
-                diffs.append(f"{', '.join(Report.files_of(t))}: ciopt reports no cases "
-                             f"(outcome {t.get('outcome')})")
+                files = Report.files_of(t)
+                why = ("pytest does not collect it" if not set(files) & junit_files
+                       else "pytest ran cases of it")
+                diffs.append(f"{', '.join(files)}: ciopt runs it as a test, with no cases "
+                             f"(outcome {t.get('outcome')}); {why}")
         for key in sorted(set(ours) | set(junit)):
             o, p = ours.get(key), junit.get(key)
-            nodeid = o[1] if o else "::".join(key)
             if o is None:
-                diffs.append(f"{nodeid}: only pytest ran it ({p[0]})")
+                diffs.append(f"{'::'.join(key)}: only pytest ran it ({p[0] if p else '?'})")
             elif p is None:
-                diffs.append(f"{nodeid}: only ciopt ran it ({o[0]})")
+                diffs.append(f"{o[1]}: only ciopt ran it ({o[0]})")
             elif o[0] != p[0]:
-                diffs.append(f"{nodeid}: ciopt {o[0]}, pytest {p[0]}")
+                diffs.append(f"{o[1]}: ciopt {o[0]}, pytest {p[0]}")
         compared = len(set(ours) & set(junit))
         r.summary = (f"{compared} test cases compared, {len(diffs)} differ "
                      f"(ciopt {len(ours)} cases, pytest {len(junit)})")
@@ -604,13 +690,13 @@ def bench_outcomes(repo: Repo, cfg: Config, results: list[Result]) -> None:
             by_file[f] = "failed" if bad or by_file.get(f) == "failed" else "passed"
         ours_f = {f: t.get("outcome", "?") for t in rep.tests for f in Report.files_of(t)}
         for f in sorted(set(ours_f) | set(by_file)):
-            o, p = ours_f.get(f), by_file.get(f)
-            if o is None:
-                diffs.append(f"{f}: only pytest collected it ({p})")
-            elif p is None:
-                diffs.append(f"{f}: only ciopt has it ({o})")
-            elif (o == "passed") != (p == "passed"):
-                diffs.append(f"{f}: ciopt {o}, pytest {p}")
+            of, pf = ours_f.get(f), by_file.get(f)
+            if of is None:
+                diffs.append(f"{f}: only pytest collected it ({pf})")
+            elif pf is None:
+                diffs.append(f"{f}: only ciopt has it ({of})")
+            elif (of == "passed") != (pf == "passed"):
+                diffs.append(f"{f}: ciopt {of}, pytest {pf}")
         r.summary = (f"{len(set(ours_f) & set(by_file))} test files compared, {len(diffs)} differ "
                      f"(ciopt {len(ours_f)} files, pytest {len(by_file)})")
     r.extra["differences"] = diffs
@@ -633,11 +719,14 @@ def bench_replay(repo: Repo, cfg: Config, results: list[Result]) -> None:
     store = fresh_store()
     rows: list[dict[str, Any]] = []
     try:
-        corpus._git(root, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", chain[0])
+        checkout(root, chain[0])
         warmup = Report.parse(s.ciopt(store))
         r.notes["warm-up at the oldest C^"] = f"{chain[0][:10]}: {warmup.counts()}"
-        for i, (parent, commit) in enumerate(zip(chain, chain[1:])):
-            corpus._git(root, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", commit)
+        fails = warmup.failures(keep_as=f"{repo.name}-{chain[0][:10]}")
+        if fails:
+            r.notes["warm-up: not passed"] = fails
+        for i, (parent, commit) in enumerate(zip(chain, chain[1:], strict=False)):
+            checkout(root, commit)
             changed = git(root, "diff", "--name-only", parent, commit).split()
             args = ("--affected-since", parent) if affected else ()
             ours = peer = None
@@ -645,7 +734,7 @@ def bench_replay(repo: Repo, cfg: Config, results: list[Result]) -> None:
                 if step == "ours":
                     ours = s.ciopt(store, *args)
                 else:
-                    peer = s.pytest()
+                    peer = s.pytest(capture=True)
             assert ours is not None and peer is not None
             rep = Report.parse(ours)
             total = rep.total()
@@ -657,6 +746,8 @@ def bench_replay(repo: Repo, cfg: Config, results: list[Result]) -> None:
                 "pytest_s": peer.seconds, "bound_s": bound, "met": ours.seconds <= bound,
                 "ciopt_rc": ours.rc, "pytest_rc": peer.rc, "problem": rep.problem,
                 "missing": sorted(rep.missing),
+                "ciopt_failures": rep.failures(keep_as=f"{repo.name}-{commit[:10]}"),
+                "pytest_summary": last_line(peer) if peer.rc else "",
                 "subject": git(root, "log", "-1", "--format=%s", commit).strip()[:60],
             })
     finally:
@@ -666,10 +757,12 @@ def bench_replay(repo: Repo, cfg: Config, results: list[Result]) -> None:
     fill(r, [x["ours_s"] for x in rows], [x["pytest_s"] for x in rows])
     met = sum(x["met"] for x in rows)
     baseline = [x for x in rows if x["pytest_rc"] != 0]
+    ciopt_only = [x for x in rows if x["ciopt_rc"] != 0 and x["pytest_rc"] == 0]
     shares = [x["share"] for x in rows if x["tests"]]
     r.summary = (f"{len(rows)} commits, met {met}/{len(rows)}; median share "
                  f"{statistics.median(shares) if shares else float('nan'):.2f}, median ours "
-                 f"{r.ours_s:.3g} s vs pytest {r.peer_s:.3g} s; {len(baseline)} baseline failures")
+                 f"{r.ours_s:.3g} s vs pytest {r.peer_s:.3g} s; {len(baseline)} baseline failures, "
+                 f"{len(ciopt_only)} where only ciopt failed")
     if not affected:
         r.notes["fallback"] = ("this ciopt has no --affected-since: each commit is a plain warm "
                                "`ciopt test //... -j 2` (the cache does the selecting)")
@@ -681,7 +774,9 @@ def bench_replay(repo: Repo, cfg: Config, results: list[Result]) -> None:
         f"({x['share']:.2f}): ours {x['ours_s']:.2f} s, pytest {x['pytest_s']:.2f} s, bound "
         f"{x['bound_s']:.2f} s {'met' if x['met'] else 'MISSED'}"
         + (f"; ciopt exit {x['ciopt_rc']}" if x["ciopt_rc"] else "")
-        + (f"; BASELINE FAILURE: pytest exit {x['pytest_rc']}" if x["pytest_rc"] else "")
+        + (f" ({'; '.join(x['ciopt_failures'][:3])})" if x["ciopt_failures"] else "")
+        + (f"; BASELINE FAILURE: pytest exit {x['pytest_rc']}: {x['pytest_summary']}"
+           if x["pytest_rc"] else "")
         + (f"; {x['problem'][:200]}" if x["problem"] else "")
         + f"  [{x['subject']}]"
         for x in rows]
@@ -698,22 +793,22 @@ def bench_per_file(cfg: Config, results: list[Result]) -> None:
     s.pytest()  # warm-up
     ours_t: list[float] = []
     peer_t: list[float] = []
-    reps: list[Report] = []
+    seen = Seen()
     for i in range(cfg.repeat):
         for side in (("ours", "peer") if i % 2 == 0 else ("peer", "ours")):
             if side == "ours":
                 ran, store = s.cold()
                 shutil.rmtree(store, ignore_errors=True)
                 ours_t.append(ran.seconds)
-                reps.append(Report.parse(ran))
+                seen.add(ran, keep_as=f"{s.name}-cold{i + 1}")
             else:
                 peer_t.append(s.pytest().seconds)
     r = fill(Result(f"per_file_{PER_FILE_COUNT}", "pytest (one process)", "goal <= 1.2",
                     max_ratio=1.2), ours_t, peer_t)
     r.notes["samples ours / peer"] = f"{fmt_samples(ours_t)} / {fmt_samples(peer_t)}"
-    r.notes["per file, ours / peer"] = (f"{1e3 * r.ours_s / PER_FILE_COUNT:.1f} ms / "
-                                        f"{1e3 * r.peer_s / PER_FILE_COUNT:.1f} ms")
-    note_report(r, "ciopt cold", reps[-1])
+    r.notes["per file, ours / peer"] = (f"{1e3 * statistics.median(ours_t) / PER_FILE_COUNT:.1f} ms / "
+                                        f"{1e3 * statistics.median(peer_t) / PER_FILE_COUNT:.1f} ms")
+    seen.note(r, "ciopt cold", s.venv)
     emit(r, results)
 
 
@@ -723,11 +818,11 @@ def benches(repos: list[Repo]) -> dict[str, Callable[[Config, list[Result]], Non
     """Bench keys in run order; "a+b" keys produce several rows from the same repetitions."""
     out: dict[str, Callable[[Config, list[Result]], None]] = {}
     for repo in repos:
-        out[f"cold_vs_pytest+cold_vs_xdist+warm_vs_pytest[{repo.name}]"] = (
-            lambda cfg, res, repo=repo: bench_suite(repo, cfg, res))
-        out[f"outcomes[{repo.name}]"] = lambda cfg, res, repo=repo: bench_outcomes(repo, cfg, res)
+        out[f"cold_vs_pytest+cold_vs_xdist+warm_vs_pytest[{repo.name}]"] = functools.partial(
+            bench_suite, repo)
+        out[f"outcomes[{repo.name}]"] = functools.partial(bench_outcomes, repo)
     for repo in repos:
-        out[f"replay[{repo.name}]"] = lambda cfg, res, repo=repo: bench_replay(repo, cfg, res)
+        out[f"replay[{repo.name}]"] = functools.partial(bench_replay, repo)
     out[f"per_file_{PER_FILE_COUNT}"] = bench_per_file
     return out
 

@@ -76,6 +76,7 @@ class _Upload:
     key: str
     entry: bytes  # the encoded ActionResult (signed on the way out)
     files: list[tuple[Path, Digest]]  # blobs the entry names, where they are on disk
+    blobs: list[tuple[Digest, bytes]] = field(default_factory=list)  # ... or in memory
 
 
 class RemoteTier:
@@ -296,6 +297,13 @@ class RemoteTier:
             put_many(self.backend, batch)
             self.stats.bytes_up += size
 
+    def _put_bytes(self, items: list[tuple[Digest, bytes]]) -> None:
+        from ciopt.cache.shards import put_many
+
+        if items:
+            put_many(self.backend, items)
+            self.stats.bytes_up += sum(d.size for d, _ in items)
+
     def _put(self, d: Digest, path: Path) -> None:
         # The file may have been rewritten since it was hashed: upload only the bytes the
         # digest names, read once and checked.
@@ -312,12 +320,13 @@ class RemoteTier:
 
     # -- uploads ------------------------------------------------------------------------------
 
-    def upload(self, key: str, entry: bytes, files: list[tuple[Path, Digest]]) -> None:
+    def upload(self, key: str, entry: bytes, files: list[tuple[Path, Digest]],
+               blobs: list[tuple[Digest, bytes]] = ()) -> None:  # type: ignore[assignment]
         """Queue a successful result for upload (never blocks the build)."""
         if self.read_only or self.broken is not None:
             return
         try:
-            self._queue.put_nowait(_Upload(key, entry, files))
+            self._queue.put_nowait(_Upload(key, entry, files, list(blobs)))
         except queue.Full:
             self.stats.dropped += 1
             if not self._warned_full:
@@ -351,10 +360,14 @@ class RemoteTier:
             return
         try:
             where: dict[Digest, Path] = {}
+            in_memory: dict[Digest, bytes] = {}
             for up in batch:
                 for path, d in up.files:
                     where.setdefault(d, path)
-            self._put_all(self.backend.find_missing(list(where)), where)
+                in_memory.update(up.blobs)
+            missing = self.backend.find_missing([*where, *(d for d in in_memory if d not in where)])
+            self._put_all([d for d in missing if d in where], where)
+            self._put_bytes([(d, in_memory[d]) for d in missing if d not in where])
             for up in batch:
                 entry = self.signer.sign(up.key, up.entry) if self.signer is not None else up.entry
                 self.backend.put_action(up.key, entry)

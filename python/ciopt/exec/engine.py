@@ -8,6 +8,7 @@ walk reaches each action, as in Bazel's Skyframe.
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import json
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ciopt import CorruptBlobError, Digest, Store, hash_file, tree_digest
+from ciopt import CorruptBlobError, Digest, Store, hash_bytes, hash_file, tree_digest
 from ciopt.errors import UserError
 from ciopt.exec.action_result import ActionResult, OutputFile
 from ciopt.exec.local import ExecResult, Executor, InputFile, LocalExecutor, RunResult, kill_all
@@ -101,6 +102,7 @@ class Engine:
         self.remote_cache = remote_cache if store is not None else None
         self._pending_outputs: list[OutputFile] = []
         self._stop = threading.Event()
+        self._python_files: tuple[str, ...] | None = None  # pytest's python_files, read on first batch
         self._solo: set[Label] = set()  # tests to run alone: their batch died before they reported
         self._batch_seq = 0
         self._batch_lock = threading.Lock()
@@ -428,7 +430,7 @@ class Engine:
                 seq = self._batch_seq
             batch_log = self.out_root / "testlogs" / "_batches" / f"{seq}.log"
             run, reports = self.local.execute_pytest([a for a, _, _ in pending], list(staged.values()), files,
-                                                     batch_log)
+                                                     batch_log, self._collectable(files))
             by_file = {str(r.get("file")): r for r in reports}
             retry = []
             for action, inputs, outcome in pending:
@@ -474,6 +476,18 @@ class Engine:
                     outcome.status = "failed"
             pending = retry
 
+    def _collectable(self, files: list[str]) -> frozenset[str]:
+        """The files pytest collects when walking their directory (their names match the
+        project's python_files patterns, and no path component is hidden)."""
+        if self._python_files is None:
+            from ciopt.infer.resolve import read_pytest_settings
+
+            self._python_files = read_pytest_settings(self.root).python_files
+        return frozenset(f for f in files
+                         if any(fnmatch.fnmatchcase(f.rpartition("/")[2], p) for p in self._python_files)
+                         and not any(part.startswith((".", "_")) or part in ("build", "dist", "node_modules", "venv")
+                                     for part in f.split("/")[:-1]))
+
     def _write_test_log(self, action: Action, outcome: ActionOutcome, res: FileResults, run: RunResult,
                         batch_log: Path, batch_files: int) -> None:
         log = self._log_path(action)
@@ -500,11 +514,13 @@ class Engine:
             stdout = hash_file(outcome.log, self.opts.digest)
             files.append(outcome.log)
         extra: dict[str, object] = {}
+        blobs: list[tuple[Digest, bytes]] = []
         if outcome.cases is not None:
-            cases = self.out_root / "testlogs" / (action.label.package or ".") / action.label.name / "cases.json"
-            cases.write_text(json.dumps(outcome.cases, sort_keys=True))
-            extra["cases"] = str(hash_file(cases, self.opts.digest))
-            files.append(cases)
+            # Per-test results: a blob only (no file), named by the entry.
+            data = json.dumps(outcome.cases, sort_keys=True).encode()
+            digest = hash_bytes(data, self.opts.digest)
+            extra["cases"] = str(digest)
+            blobs.append((digest, data))
         if outcome.notes:
             extra["notes"] = list(outcome.notes)
         result = ActionResult(
@@ -513,14 +529,12 @@ class Engine:
             test_outcome=outcome.test_outcome, attempts=outcome.attempts, extra=extra,
         )
         encoded = result.encode()
-        self.writer.add(files, outcome.key, encoded)
+        self.writer.add(files, outcome.key, encoded, [data for _, data in blobs])
         if self.remote_cache is not None:
             named = [(self.out_root / o.path, o.digest) for o in result.outputs]
             if stdout is not None and outcome.log is not None:
                 named.append((outcome.log, stdout))
-            if "cases" in extra:
-                named.append((files[-1], Digest.parse(str(extra["cases"]))))
-            self.remote_cache.upload(outcome.key, encoded, named)
+            self.remote_cache.upload(outcome.key, encoded, named, blobs)
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:

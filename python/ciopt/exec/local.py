@@ -126,7 +126,7 @@ class LocalExecutor:
             sandbox.cleanup()
 
     def execute_pytest(self, actions: list[Action], inputs: list[InputFile], files: list[str],
-                       log: Path) -> tuple[RunResult, list[dict[str, object]]]:
+                       log: Path, collectable: frozenset[str] = frozenset()) -> tuple[RunResult, list[dict[str, object]]]:
         """Run the test `files` of `actions` (compatible: same env and extra arguments) in one
         pytest process, in one sandbox holding the union of their inputs. Returns the run and
         the per-file reports of the plugin, in the order the files finished; stdout and stderr go
@@ -144,8 +144,18 @@ class LocalExecutor:
             env["CIOPT_REPORT"] = str(report)
             n_fixed = len(PYTEST_ARGV)
             extra = [a for a in first.argv[n_fixed:] if a not in set(_pytest_files(first))]
+            # Files pytest would find by walking their directory (`collectable`: they match
+            # python_files) are given as directories, filtered by the plugin; others explicitly.
+            walked = [f for f in files if f in collectable]
+            if len(walked) > 1:
+                listing = sandbox.dir / "files.txt"
+                listing.write_text("".join(f + "\n" for f in walked))
+                env["CIOPT_BATCH_FILES"] = str(listing)
+                args = [*_top_dirs(walked), *(f for f in files if f not in collectable)]
+            else:
+                args = list(files)
             argv = self.argv(first, [*first.argv[:n_fixed], "--continue-on-collection-errors", "-p", PLUGIN_MODULE,
-                                     *files, *extra])
+                                     *args, *extra])
             timeouts = [a.timeout_s for a in actions]
             timeout = None if any(t is None for t in timeouts) else sum(timeouts)  # type: ignore[misc]
             run = run_command(argv, sandbox.root, env, timeout, sandbox.dir)
@@ -176,6 +186,18 @@ class LocalExecutor:
             os.replace(path, dest)
             outputs[rel] = OutputFile(rel, digest, executable)
         return outputs
+
+
+def _top_dirs(files: list[str]) -> list[str]:
+    """The fewest directories holding `files`: each file's directory, minus those below another."""
+    dirs = sorted({f.rpartition("/")[0] or "." for f in files})
+    if "." in dirs:
+        return ["."]
+    out: list[str] = []
+    for d in dirs:
+        if not any(d.startswith(o + "/") for o in out):
+            out.append(d)
+    return out
 
 
 def action_env(action: Action, tmp: Path, python: PythonEnv | None = None) -> dict[str, str]:

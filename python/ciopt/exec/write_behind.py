@@ -24,6 +24,7 @@ class WriteBehind:
     def __init__(self, store: Store | None) -> None:
         self.store = store
         self._files: list[Path] = []
+        self._blobs: list[bytes] = []
         self._entries: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -31,11 +32,13 @@ class WriteBehind:
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
 
-    def add(self, files: list[Path], key: str, result: bytes) -> None:
+    def add(self, files: list[Path], key: str, result: bytes, blobs: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        """Store `files` and in-memory `blobs`, then the entry `key` -> `result` that names them."""
         if self.store is None:
             return
         with self._lock:
             self._files.extend(files)
+            self._blobs.extend(blobs)
             self._entries.append((key, result))
             big = len(self._entries) >= FLUSH_AT
             if self._thread is None:
@@ -53,11 +56,14 @@ class WriteBehind:
     def _commit(self) -> None:
         with self._lock:
             files, self._files = self._files, []
+            blobs, self._blobs = self._blobs, []
             entries, self._entries = self._entries, []
         if not entries or self.store is None:
             return
         try:
             self.store.put_files(files)
+            if blobs:
+                self.store.put_many(blobs)
             self.store.action_put_many(entries)
         except Exception as e:  # noqa: BLE001 - a failed cache write must never fail the build
             self.errors.append(str(e))
