@@ -284,3 +284,15 @@ def test_python_files_no_one_imports_are_data_of_the_tests_beside_them(cli: CliR
     assert "tests/test_res.py" in affected["test_files"]
     doc = run_json(cli, repo, "test", "//...")
     assert by_file(doc)["tests/test_res.py"]["status"] == "executed"  # its key changed too
+
+
+def test_only_what_plain_pytest_collects_is_a_test(cli: CliRunner, tmp_path: Path) -> None:
+    """`testpaths` decides what plain `pytest` collects; a test_*.py outside it is not a test."""
+    repo, _ = make_repo(tmp_path, ["a"], {
+        "pyproject.toml": "[tool.pytest.ini_options]\ntestpaths = ['tests']\n",
+        "examples/test_example.py": "def test_example():\n    assert False, 'pytest never runs this'\n",
+    })
+    doc = run_json(cli, repo, "test", "//...")
+    assert set(by_file(doc)) == {"tests/test_a.py"}
+    graph = json.loads(cli("graph", "-o", "json", cwd=repo, check=True).stdout)
+    assert graph["test_files"] == ["tests/test_a.py"]

@@ -105,14 +105,30 @@ def build_file_graph(root: Path, files: Mapping[str, Digest], store: Store | Non
         raw = store.action_get(key)
         if raw is not None:
             return FileGraph.decode(raw)
-    graph = _build(root, files, store, roots, settings.python_files, all_files)
+    graph = _build(root, files, store, roots, settings.python_files, all_files, settings.testpaths)
     if store is not None and key is not None:
         store.action_put(key, graph.encode())
     return graph
 
 
+def in_testpaths(path: str, testpaths: tuple[str, ...]) -> bool:
+    """Whether plain `pytest` (no arguments) collects `path`: pytest's `testpaths` (directories
+    or globs, relative to the rootdir) when set, else everything."""
+    if not testpaths:
+        return True
+    for tp in testpaths:
+        tp = tp.strip().removeprefix("./").rstrip("/")
+        if tp in ("", "."):
+            return True
+        parts = path.split("/")
+        depth = tp.count("/") + 1
+        if path == tp or path.startswith(tp + "/") or fnmatch.fnmatchcase("/".join(parts[:depth]), tp):
+            return True
+    return False
+
+
 def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: tuple[str, ...],
-           python_files: tuple[str, ...], all_files: frozenset[str]) -> FileGraph:
+           python_files: tuple[str, ...], all_files: frozenset[str], testpaths: tuple[str, ...] = ()) -> FileGraph:
     py = {p: d for p, d in files.items() if p.endswith((".py", ".pyi"))}
     js = {p: d for p, d in files.items() if p.endswith(JS_SUFFIXES)}
     sh = {p: d for p, d in files.items() if p.endswith(SHELL_SUFFIXES)}
@@ -132,7 +148,8 @@ def _build(root: Path, files: Mapping[str, Digest], store: Store | None, roots: 
             deps.update(r.files)
             if r.external:
                 external.setdefault(path, set()).add(r.external)
-    tests = sorted(p for p in py if is_python_test(p, python_files))
+    # Only what plain `pytest` collects: jinja's examples/basic/test_*.py are not tests there.
+    tests = sorted(p for p in py if is_python_test(p, python_files) and in_testpaths(p, testpaths))
     for t in tests:
         edges[t].update(conftests_for(t, all_files))
 
