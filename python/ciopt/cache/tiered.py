@@ -112,11 +112,13 @@ class RemoteTier:
 
     # -- lookups ------------------------------------------------------------------------------
 
-    def fetch(self, key: str, defer_entry: Callable[[str, bytes], None] | None = None) -> bytes | None:
+    def fetch(self, key: str, defer_entry: Callable[[str, bytes], None] | None = None,
+              keep: dict[Digest, bytes] | None = None) -> bytes | None:
         """The ActionCache entry for `key` from the remote, with every blob it names now in
         the local store (verified) and the entry itself written locally (or handed to
         `defer_entry`, the engine's batched writer: one LMDB commit per hit instead of two);
-        None on any miss."""
+        None on any miss. With `keep`, small blobs are verified and left in it instead of being
+        written to the store: the caller materializes from memory and stores them in a batch."""
         if self.broken is not None:
             return None
         started = time.perf_counter()
@@ -150,7 +152,7 @@ class RemoteTier:
                 self.stats.misses += 1
                 return None
         try:
-            if not self._download(self.store.find_missing(wanted)):
+            if not self._download(self.store.find_missing(wanted), keep):
                 self.stats.misses += 1
                 return None
         except BackendError as e:
@@ -163,8 +165,9 @@ class RemoteTier:
         self.stats.hits += 1
         return payload
 
-    def _download(self, missing: list[Digest]) -> bool:
-        """Every digest into the local store, verified; False when one is absent or corrupt."""
+    def _download(self, missing: list[Digest], keep: dict[Digest, bytes] | None = None) -> bool:
+        """Every digest into the local store (small ones into `keep` when given), verified;
+        False when one is absent or corrupt."""
         from ciopt.cache.shards import get_many
 
         small = [d for d in missing if d.size <= STREAM_THRESHOLD]
@@ -179,7 +182,10 @@ class RemoteTier:
                     self._corrupt(d)
                     return False
                 good.append(data)
-            self.store.put_many(good)
+            if keep is not None:
+                keep.update(zip(group, good))
+            else:
+                self.store.put_many(good)
             self.stats.bytes_down += sum(d.size for d in group)
         for d in missing:
             if d.size > STREAM_THRESHOLD:

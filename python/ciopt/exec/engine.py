@@ -101,6 +101,8 @@ class Engine:
         # The shared cache behind the local store (cache/tiered.py); None when not configured.
         self.remote_cache = remote_cache if store is not None else None
         self._pending_outputs: list[OutputFile] = []
+        # Small blobs of remote hits, verified, kept until the writer has stored them (this build).
+        self._fetched: dict[Digest, bytes] = {}
         self._stop = threading.Event()
         self._python_files: tuple[str, ...] | None = None  # pytest's python_files, read on first batch
         self._solo: set[Label] = set()  # tests to run alone: their batch died before they reported
@@ -279,13 +281,19 @@ class Engine:
         raw = self.store.action_get(outcome.key)
         tier = "cached_local"
         if raw is None and self.remote_cache is not None:
-            # Blobs it names are downloaded, verified and stored locally before it counts.
-            raw = self.remote_cache.fetch(outcome.key, lambda k, v: self.writer.add([], k, v))
+            # Blobs it names are downloaded and verified before it counts; small ones stay in
+            # memory (outputs and logs are written from there) and reach the store with the
+            # entry in one batched commit of the writer, not one commit per hit.
+            fetched: dict[Digest, bytes] = {}
+            raw = self.remote_cache.fetch(outcome.key, keep=fetched)
+            if raw is not None:
+                self._fetched.update(fetched)
+                self.writer.add([], outcome.key, raw, list(fetched.values()))
             tier = "cached_remote"
         result = ActionResult.decode(raw) if raw else None
         if result is None:
             return
-        if self.store.find_missing([o.digest for o in result.outputs]):
+        if self.store.find_missing([o.digest for o in result.outputs if o.digest not in self._fetched]):
             return  # outputs evicted by gc: run again
         log = None
         if action.is_test:
@@ -307,7 +315,7 @@ class Engine:
         report = result.extra.get("cases")
         if isinstance(report, str):
             try:
-                raw = self.store.get(report)
+                raw = self._fetched.get(Digest.parse(report)) or self.store.get(report)
                 outcome.cases = json.loads(raw) if raw is not None else None
             except (CorruptBlobError, ValueError):
                 outcome.cases = None
@@ -326,6 +334,9 @@ class Engine:
             dest = self.out_root / o.path
             if current.get(o.path) == o.digest and bool(os.stat(dest).st_mode & 0o100) == o.is_executable:
                 continue
+            if o.digest in self._fetched:
+                _write_atomic(dest, self._fetched[o.digest], o.is_executable)
+                continue
             if not self.store.get_to_file(o.digest, dest, executable=o.is_executable):
                 raise CorruptBlobError(f"output {o.path} vanished from the store")
 
@@ -335,7 +346,10 @@ class Engine:
         if result.stdout is None:
             return None
         if not (log.is_file() and hash_file(log, self.opts.digest) == result.stdout):
-            self.store.get_to_file(result.stdout, log)
+            if result.stdout in self._fetched:
+                _write_atomic(log, self._fetched[result.stdout], False)
+            else:
+                self.store.get_to_file(result.stdout, log)
         return log
 
     def _log_path(self, action: Action) -> Path:
@@ -535,6 +549,15 @@ class Engine:
             if stdout is not None and outcome.log is not None:
                 named.append((outcome.log, stdout))
             self.remote_cache.upload(outcome.key, encoded, named, blobs)
+
+
+def _write_atomic(dest: Path, data: bytes, executable: bool) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o755 if executable else 0o644)
+    os.replace(tmp, dest)
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
