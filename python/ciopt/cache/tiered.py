@@ -227,6 +227,16 @@ class RemoteTier:
             self.warn(f"remote cache entry {key[:12]} refused: {e}")
             return None
 
+    def missing_remotely(self, digests: list[Digest]) -> list[Digest]:
+        """The digests the remote lacks (all of them when the tier is down)."""
+        if self.broken is not None:
+            return digests
+        try:
+            return self.backend.find_missing(digests)
+        except BackendError as e:
+            self._failed(e)
+            return digests
+
     def put_entry(self, key: str, payload: bytes) -> None:
         if self.read_only or self.broken is not None:
             return
@@ -235,13 +245,13 @@ class RemoteTier:
         except BackendError as e:
             self._failed(e)
 
-    def download(self, digests: list[Digest]) -> bool:
-        """These blobs into the local store, verified; False when one is absent, corrupt, or the
-        tier is down."""
+    def download(self, digests: list[Digest], keep: dict[Digest, bytes] | None = None) -> bool:
+        """These blobs into the local store (small ones into `keep` when given), verified; False
+        when one is absent, corrupt, or the tier is down."""
         if self.broken is not None:
             return False
         try:
-            return self._download(digests)
+            return self._download(digests, keep)
         except BackendError as e:
             self._failed(e)
             return False
