@@ -14,7 +14,7 @@ PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich sta
            xxhash redis hiredis
 
 # benches/<name>_bench.py, run by `make bench` (all) or `make bench-<name>`.
-BENCHES := hash graph infer remote
+BENCHES := hash graph infer remote pytest cache
 
 .PHONY: demo test test-python test-rust bench $(addprefix bench-,$(BENCHES)) develop clean
 
@@ -54,6 +54,11 @@ bench: $(addprefix bench-,$(BENCHES))
 bench-%: develop
 	$(PY) -m pip install -q lmdb psutil ruff grimp
 	$(PY) benches/$*_bench.py
+
+# The real repositories and their venvs are fetched and installed once.
+bench-pytest: develop
+	$(PY) benches/pytest_bench.py --setup
+	$(PY) benches/pytest_bench.py --json benches/results/pytest_bench.json
 
 DEMO_STORE := $(abspath .ciopt-demo)
 SRCPROJ    := examples/srcproj
