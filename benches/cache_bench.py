@@ -85,6 +85,10 @@ from typing import Any
 import corpus
 import graph_bench
 import harness
+
+# The helpers that find and start servers are the test suite's own (tests/http_servers.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from http_servers import free_port, nginx_binary, wait_for_port as _wait_port  # noqa: E402
 from harness import (
     CIOPT_CLI,
     ChildFailed,
@@ -110,25 +114,6 @@ UNAVAILABLE_WARNING = "remote cache unavailable"
 
 
 # --- servers -------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
 
 class Unavailable(RuntimeError):
     """A server (or a backend module) this row needs is not there: the row is reported, not run."""
@@ -261,11 +246,6 @@ http {{
     }}
 }}
 """
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
 
 
 class NginxServer(Server):
