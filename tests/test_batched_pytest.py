@@ -77,6 +77,7 @@ def test_files_share_few_processes_but_are_cached_per_file(cli: CliRunner, tmp_p
     assert len({p for v in ran.values() for p in v}) == 2  # one pytest process per -j slot
     # Per-file results and per-test cases.
     t = by_file(doc)["tests/test_a.py"]
+    assert t["file"] == "tests/test_a.py"
     assert [(c["nodeid"], c["outcome"]) for c in t["cases"]] == [("tests/test_a.py::test_a", "passed")]
 
     # Nothing changed: nothing runs. One file changed: only it runs.

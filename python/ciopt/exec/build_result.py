@@ -99,6 +99,8 @@ class BuildResult:
                 tests.append({
                     "label": str(label),
                     "files": list(self.test_files.get(label, ())),
+                    # The one test file of a py_test (the usual case; None for sh_test or several srcs).
+                    "file": files[0] if len(files := self.test_files.get(label, ())) == 1 else None,
                     "outcome": ("skipped_unaffected" if unaffected else
                                 o.test_outcome if o and o.test_outcome else "not_run"),
                     "status": o.status if o else "skipped",
