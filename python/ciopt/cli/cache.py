@@ -27,13 +27,17 @@ def open_store(store_path: Path | None, digest: str | None = None) -> Store:
 
 @click.group()
 def cache() -> None:
-    """Inspect and maintain the local content-addressed store.
+    """Inspect and maintain the local store; serve it to a team; snapshot dependencies.
 
     \b
-      ciopt cache stats              blobs, bytes, action results, stat entries
+      ciopt cache stats              blobs, bytes, action results, stat entries, remote tier figures
       ciopt cache gc --max-size 5GiB evict least recently used blobs down to a cap
       ciopt cache verify             re-hash everything; corrupt blobs are removed (exit 1)
       ciopt cache ingest DIR         hash a tree and store its files (seeds a cache)
+      ciopt cache serve --bind H:P   the team cache over HTTP (bazel-remote layout; Bazel can use it)
+      ciopt cache save NAME DIR...   snapshot a venv / node_modules, keyed by --key-file lockfiles
+      ciopt cache restore NAME DIR...  restore one: hit, partial (an older snapshot) or miss
+    The shared (remote) cache is configured in config/ci-optimization.yaml: cache.remote.url.
     """
 
 
