@@ -260,3 +260,25 @@ def test_shards_spread_keys_and_a_new_shard_moves_only_its_share(start_redis) ->
     alive = [d for d in digests if three.shard_for(d.hash).name != backends[1].name]
     assert three.get_blobs(alive) == [blobs[digests.index(d)] for d in alive]
     three.close()
+
+
+def test_a_fresh_runner_asks_about_ready_actions_in_batches(cli: CliRunner, tmp_path: Path,
+                                                             redis_server: RedisServer) -> None:
+    import redis
+
+    rules = "".join(f'genrule(name = "g{i}", srcs = ["in.txt"], outs = ["o{i}.txt"], cmd = "cp $< $@")\n'
+                    for i in range(20))
+    files = {"BUILD": rules, "in.txt": "x\n"}
+    cfg = config(redis_server.url)
+    ws_a, env_a = runner(tmp_path, "a", cfg, files)
+    run_json(cli, ws_a, "build", "//...", env=env_a)
+    client = redis.Redis.from_url(redis_server.url)
+    client.config_resetstat()
+    ws_b, env_b = runner(tmp_path, "b", cfg, files)
+    doc = run_json(cli, ws_b, "build", "//...", env=env_b)
+    assert set(statuses(doc).values()) == {"cached_remote"}
+    stats = client.info("commandstats")
+    # 20 ready actions: their entries in one MGET and their blobs in another, not 40 round trips.
+    assert stats.get("cmdstat_get", {}).get("calls", 0) <= 1, stats
+    assert stats["cmdstat_mget"]["calls"] <= 3, stats
+    assert (ws_b / "ciopt-out" / "o7.txt").read_text() == "x\n"

@@ -78,6 +78,15 @@ class RedisBackend:
         with self._failures("get action"):
             return self._redis.get(self._ac(key))
 
+    def get_actions(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Many ActionCache entries, in order, by MGET (one round trip per KEYS_PER_TRIP)."""
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), KEYS_PER_TRIP):
+            group = [self._ac(k).encode() for k in keys[start:start + KEYS_PER_TRIP]]
+            (values,) = self._round_trip("get actions", [_command(b"MGET", *group)], 1)
+            out.extend(values)
+        return out
+
     def put_action(self, key: str, value: bytes) -> None:
         with self._failures("put action"):
             self._redis.set(self._ac(key), value)

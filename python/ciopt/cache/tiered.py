@@ -97,6 +97,9 @@ class RemoteTier:
         self._queue: queue.Queue[_Upload | None] = queue.Queue(MAX_QUEUED)
         self._worker: threading.Thread | None = None
         self._warned_full = False
+        # Filled by prefetch(): entries and small blobs fetched in batches ahead of fetch().
+        self._entries: dict[str, bytes | None] = {}
+        self._blobs: dict[Digest, bytes] = {}
 
     # -- failure handling ---------------------------------------------------------------------
 
@@ -112,18 +115,54 @@ class RemoteTier:
 
     # -- lookups ------------------------------------------------------------------------------
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Look up many keys in one round trip (when the backend can batch), and the small
+        blobs their entries name in another, so that fetch() of each needs no round trip.
+        Nothing here is trusted yet: fetch() verifies signatures and digests as always."""
+        many = getattr(self.backend, "get_actions", None)
+        keys = [k for k in keys if k not in self._entries]
+        if self.broken is not None or many is None or not keys:
+            return
+        from ciopt.cache.shards import get_many
+
+        try:
+            raws = many(keys)
+            wanted: list[Digest] = []
+            for key, raw in zip(keys, raws):
+                self._entries[key] = raw
+                result = ActionResult.decode(unwrap_unverified(raw)) if raw is not None else None
+                if result is None:
+                    continue
+                wanted += [o.digest for o in result.outputs] + [d for d in (result.stdout, result.stderr) if d]
+                cases = result.extra.get("cases")
+                if isinstance(cases, str):
+                    try:
+                        wanted.append(Digest.parse(cases))
+                    except ValueError:
+                        pass
+            small = [d for d in dict.fromkeys(wanted) if d.size <= STREAM_THRESHOLD and d not in self._blobs]
+            small = self.store.find_missing(small) if small else []
+            for start in range(0, len(small), 256):
+                group = small[start:start + 256]
+                for d, data in zip(group, get_many(self.backend, group)):
+                    if data is not None:
+                        self._blobs[d] = data
+        except BackendError as e:
+            self._failed(e)
+
     def fetch(self, key: str, defer_entry: Callable[[str, bytes], None] | None = None,
               keep: dict[Digest, bytes] | None = None) -> bytes | None:
         """The ActionCache entry for `key` from the remote, with every blob it names now in
         the local store (verified) and the entry itself written locally (or handed to
         `defer_entry`, the engine's batched writer: one LMDB commit per hit instead of two);
         None on any miss. With `keep`, small blobs are verified and left in it instead of being
-        written to the store: the caller materializes from memory and stores them in a batch."""
+        written to the store, and the entry is not written either: the caller materializes from
+        memory and stores blobs and entry in one batch."""
         if self.broken is not None:
             return None
         started = time.perf_counter()
         try:
-            raw = self.backend.get_action(key)
+            raw = self._entries.pop(key) if key in self._entries else self.backend.get_action(key)
         except BackendError as e:
             self._failed(e)
             return None
@@ -160,7 +199,7 @@ class RemoteTier:
             return None
         if defer_entry is not None:
             defer_entry(key, payload)
-        else:
+        elif keep is None:  # with `keep` the caller stores blobs and entry together
             self.store.action_put(key, payload)
         self.stats.hits += 1
         return payload
@@ -173,7 +212,9 @@ class RemoteTier:
         small = [d for d in missing if d.size <= STREAM_THRESHOLD]
         for start in range(0, len(small), 256):  # one round trip per 256 blobs, bounded memory
             group = small[start:start + 256]
-            datas = get_many(self.backend, group)
+            need = [d for d in group if d not in self._blobs]
+            fetched = dict(zip(need, get_many(self.backend, need))) if need else {}
+            datas = [self._blobs[d] if d in self._blobs else fetched.get(d) for d in group]
             good: list[bytes] = []
             for d, data in zip(group, datas):
                 if data is None:

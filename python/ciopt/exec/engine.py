@@ -105,6 +105,7 @@ class Engine:
         self._fetched: dict[Digest, bytes] = {}
         self._stop = threading.Event()
         self._python_files: tuple[str, ...] | None = None  # pytest's python_files, read on first batch
+        self._keyed: dict[Label, tuple[list[tuple[str, Digest, bool]], str]] = {}  # keys computed ahead
         self._solo: set[Label] = set()  # tests to run alone: their batch died before they reported
         self._batch_seq = 0
         self._batch_lock = threading.Lock()
@@ -154,6 +155,8 @@ class Engine:
                     _, label = heapq.heappop(ready)
                     if label in self.outcomes:
                         continue
+                    if self.remote_cache is not None and label not in self._keyed:
+                        self._prefetch([label, *(l for _, l in ready)])
                     action = self.ag.actions[label]
                     self.listener("start", label, None)
                     # Keys and cache lookups are cheap and need no thread: a no-op build never
@@ -247,11 +250,12 @@ class Engine:
         outcome = ActionOutcome(action.label, action.mnemonic, "pending", started_at=time.time())
         inputs: list[tuple[str, Digest, bool]] = []
         try:
-            inputs = self._inputs(action)
+            if action.label in self._keyed:
+                inputs, outcome.key = self._keyed.pop(action.label)
+            else:
+                inputs, outcome.key = self._key_of(action)
             outcome.input_files = len(inputs)
             outcome.input_bytes = sum(d.size for _, d, _ in inputs)
-            tree = tree_digest(inputs, self.opts.digest)
-            outcome.key = action_key(action, tree, self.toolchain.for_action(action), self.opts.digest)
             if self.store is not None:
                 self._try_cache(action, outcome)
         except UserError:
@@ -261,6 +265,32 @@ class Engine:
             outcome.message = f"internal error: {type(e).__name__}: {e}"
             outcome.finished_at = time.time()
         return outcome, inputs
+
+    def _key_of(self, action: Action) -> tuple[list[tuple[str, Digest, bool]], str]:
+        inputs = self._inputs(action)
+        tree = tree_digest(inputs, self.opts.digest)
+        return inputs, action_key(action, tree, self.toolchain.for_action(action), self.opts.digest)
+
+    def _prefetch(self, labels: list[Label]) -> None:
+        """Ask the remote tier about every ready action at once (one round trip for their
+        entries, one for their blobs) instead of one by one as they are reached. Keys are
+        computed here and reused by _prepare; local hits are never asked for."""
+        assert self.store is not None and self.remote_cache is not None
+        todo: dict[str, Label] = {}
+        for label in labels:
+            if label in self.outcomes or label in self._keyed:
+                continue
+            try:
+                self._keyed[label] = self._key_of(self.ag.actions[label])
+            except Exception:  # noqa: BLE001 - _prepare reports it
+                continue
+            todo[self._keyed[label][1]] = label
+        if not todo:
+            return
+        keys = list(todo)
+        remote = [k for k, raw in zip(keys, self.store.action_get_many(keys)) if raw is None]
+        if len(remote) > 1:
+            self.remote_cache.prefetch(remote)
 
     def _execute_guarded(self, action: Action, inputs: list[tuple[str, Digest, bool]],
                          outcome: ActionOutcome) -> list[ActionOutcome]:
