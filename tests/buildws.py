@@ -11,6 +11,10 @@ import textwrap
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ciopt import Digest
 
 CONFIG = "enabled: true\n"
 
@@ -24,6 +28,23 @@ def write_files(root: Path, files: Mapping[str, str | bytes]) -> None:
             path.write_bytes(content)
         else:
             path.write_text(textwrap.dedent(content))
+
+
+def write_big_file(path: Path, size: int, seed: int | None = 0, digest: str = "blake3") -> "Digest":
+    """A file of `size` random bytes, written 1 MiB at a time (never whole in memory); its Digest.
+    A seed gives the same bytes every time; None, fresh ones."""
+    import random
+
+    from ciopt import hash_file
+
+    rng = random.Random(seed) if seed is not None else None
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(rng.randbytes(n) if rng is not None else os.urandom(n))
+            left -= n
+    return hash_file(path, digest=digest)
 
 
 def make_workspace(tmp_path: Path, files: Mapping[str, str | bytes], config: str = CONFIG) -> Path:

@@ -24,6 +24,7 @@ import ciopt
 from ciopt import Digest
 from ciopt.cache.backend import STREAM_THRESHOLD, BackendError
 from ciopt.cache.http_backend import HttpBackend
+from buildws import write_big_file
 from conftest import assert_one_line_error
 from http_servers import (  # noqa: F401 - the fixtures are used by name
     NGINX_PASSWORD,
@@ -63,13 +64,7 @@ def cache_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def write_random_file(path: Path, size: int) -> Digest:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(os.urandom(n))
-            left -= n
-    return ciopt.hash_file(path, digest=FN)
+    return write_big_file(path, size, seed=None, digest=FN)
 
 
 # -- both servers ----------------------------------------------------------------------------

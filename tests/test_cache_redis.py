@@ -20,6 +20,7 @@ import redis
 from ciopt import Digest, hash_bytes, hash_file
 from ciopt.cache.backend import STREAM_THRESHOLD, BackendError
 from ciopt.cache.redis_backend import CHUNK_SIZE, KEYS_PER_TRIP, RedisBackend
+from buildws import write_big_file
 
 if TYPE_CHECKING:
     from redis_server import RedisServer, Servers
@@ -42,18 +43,6 @@ def raw(server: RedisServer) -> redis.Redis:
 
 def blob(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
-
-
-def write_big_file(path: Path, size: int, seed: int = 0) -> Digest:
-    """A file of pseudo-random bytes, written 1 MiB at a time (never whole in memory)."""
-    rng = random.Random(seed)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(rng.randbytes(n))
-            left -= n
-    return hash_file(path)
 
 
 def peak_bytes(action: Callable[[], object]) -> int:

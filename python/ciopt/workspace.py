@@ -165,7 +165,7 @@ class Workspace:
         remote_executor = self._remote_executor(remote, actions, graph, toolchain, warn, python)
         ex = self.config.execution
         durations = last_durations(self.records_path(), "PyTest") if python is not None else {}
-        remote_cache = self._remote_cache(warn)
+        remote_cache = self.open_remote_tier(warn)
         engine = Engine(self.root, actions, graph.sources, self.store, toolchain,
                         EngineOptions(jobs=jobs, keep_going=keep_going, flaky_attempts=attempts, digest=digest,
                                       batch=ex.batch if batch is None else batch,
@@ -207,7 +207,8 @@ class Workspace:
             for o in result.outcomes.values():
                 records.action(invocation, ActionRecord(
                     # The records schema predates selection: an unaffected test is "skipped" there, with its reason.
-                    label=str(o.label), status="skipped" if o.status == "skipped_unaffected" else o.status, mnemonic=o.mnemonic, key=o.key, executor=o.executor or None,
+                    label=str(o.label), status="skipped" if o.status == "skipped_unaffected" else o.status,
+                    mnemonic=o.mnemonic, key=o.key, executor=o.executor or None,
                     started_at=o.started_at or None, finished_at=o.finished_at or None, exit_code=o.exit_code,
                     input_bytes=o.input_bytes, output_bytes=o.output_bytes, input_files=o.input_files,
                     output_files=len(o.outputs), attempts=max(o.attempts, 1), test_outcome=o.test_outcome,
@@ -219,7 +220,7 @@ class Workspace:
             records.close()
         return result
 
-    def _remote_cache(self, warn: "callable | None") -> RemoteTier | None:
+    def open_remote_tier(self, warn: "callable | None") -> RemoteTier | None:
         """The shared cache tier (cache.remote.*), or None: not configured, bypassed, or unusable
         (then with a warning, or an error under `degradation: fail`)."""
         rc = self.config.cache.remote

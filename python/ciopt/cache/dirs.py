@@ -52,7 +52,7 @@ class SnapshotError(UserError):
 class SnapshotReport:
     name: str
     key: str
-    result: str  # hit | partial | miss | saved | exists
+    result: str  # hit | partial | miss (restore); saved (save)
     matched_name: str | None = None
     files: int = 0
     bytes_total: int = 0

@@ -131,15 +131,7 @@ class RemoteTier:
             for key, raw in zip(keys, raws):
                 self._entries[key] = raw
                 result = ActionResult.decode(unwrap_unverified(raw)) if raw is not None else None
-                if result is None:
-                    continue
-                wanted += [o.digest for o in result.outputs] + [d for d in (result.stdout, result.stderr) if d]
-                cases = result.extra.get("cases")
-                if isinstance(cases, str):
-                    try:
-                        wanted.append(Digest.parse(cases))
-                    except ValueError:
-                        pass
+                wanted += (_named(result) or []) if result is not None else []
             small = [d for d in dict.fromkeys(wanted) if d.size <= STREAM_THRESHOLD and d not in self._blobs]
             small = self.store.find_missing(small) if small else []
             for start in range(0, len(small), 256):
@@ -150,14 +142,11 @@ class RemoteTier:
         except BackendError as e:
             self._failed(e)
 
-    def fetch(self, key: str, defer_entry: Callable[[str, bytes], None] | None = None,
-              keep: dict[Digest, bytes] | None = None) -> bytes | None:
-        """The ActionCache entry for `key` from the remote, with every blob it names now in
-        the local store (verified) and the entry itself written locally (or handed to
-        `defer_entry`, the engine's batched writer: one LMDB commit per hit instead of two);
-        None on any miss. With `keep`, small blobs are verified and left in it instead of being
-        written to the store, and the entry is not written either: the caller materializes from
-        memory and stores blobs and entry in one batch."""
+    def fetch(self, key: str, keep: dict[Digest, bytes]) -> bytes | None:
+        """The ActionCache entry for `key` from the remote, once every blob it names has been
+        downloaded and verified; None on any miss. Small blobs are left in `keep` (large ones
+        go to the store): the caller materializes from memory and stores blobs and entry in one
+        batched commit, not one per hit."""
         if self.broken is not None:
             return None
         started = time.perf_counter()
@@ -168,28 +157,12 @@ class RemoteTier:
             return None
         finally:
             self.stats.latencies_s.append(time.perf_counter() - started)
-        if raw is None:
+        payload = self._verified(key, raw) if raw is not None else None
+        result = ActionResult.decode(payload) if payload is not None else None
+        wanted = _named(result) if result is not None else None
+        if wanted is None:
             self.stats.misses += 1
             return None
-        try:
-            payload = self.signer.verify(key, raw) if self.signer is not None else unwrap_unverified(raw)
-        except SignatureError as e:
-            self.stats.signature_failures += 1
-            self.stats.misses += 1
-            self.warn(f"remote cache entry {key[:12]} refused: {e}")
-            return None
-        result = ActionResult.decode(payload)
-        if result is None:
-            self.stats.misses += 1
-            return None
-        wanted = [o.digest for o in result.outputs] + [d for d in (result.stdout, result.stderr) if d]
-        cases = result.extra.get("cases")
-        if isinstance(cases, str):
-            try:
-                wanted.append(Digest.parse(cases))
-            except ValueError:
-                self.stats.misses += 1
-                return None
         try:
             if not self._download(self.store.find_missing(wanted), keep):
                 self.stats.misses += 1
@@ -197,12 +170,17 @@ class RemoteTier:
         except BackendError as e:
             self._failed(e)
             return None
-        if defer_entry is not None:
-            defer_entry(key, payload)
-        elif keep is None:  # with `keep` the caller stores blobs and entry together
-            self.store.action_put(key, payload)
         self.stats.hits += 1
         return payload
+
+    def _verified(self, key: str, raw: bytes) -> bytes | None:
+        """The payload of an entry, its signature checked when signing is on; None if refused."""
+        try:
+            return self.signer.verify(key, raw) if self.signer is not None else unwrap_unverified(raw)
+        except SignatureError as e:
+            self.stats.signature_failures += 1
+            self.warn(f"remote cache entry {key[:12]} refused: {e}")
+            return None
 
     def _download(self, missing: list[Digest], keep: dict[Digest, bytes] | None = None) -> bool:
         """Every digest into the local store (small ones into `keep` when given), verified;
@@ -259,14 +237,7 @@ class RemoteTier:
         except BackendError as e:
             self._failed(e)
             return None
-        if raw is None:
-            return None
-        try:
-            return self.signer.verify(key, raw) if self.signer is not None else unwrap_unverified(raw)
-        except SignatureError as e:
-            self.stats.signature_failures += 1
-            self.warn(f"remote cache entry {key[:12]} refused: {e}")
-            return None
+        return self._verified(key, raw) if raw is not None else None
 
     def missing_remotely(self, digests: list[Digest]) -> list[Digest]:
         """The digests the remote lacks (all of them when the tier is down)."""
@@ -299,21 +270,15 @@ class RemoteTier:
 
     def upload_bytes_now(self, items: list[tuple[Digest, bytes]]) -> int:
         """Upload these in-memory blobs where the remote lacks them, now; returns bytes sent."""
-        from ciopt.cache.shards import put_many
-
         if self.read_only or self.broken is not None or not items:
             return 0
+        before = self.stats.bytes_up
         by_digest = dict(items)
         try:
-            missing = [(d, by_digest[d]) for d in self.backend.find_missing(list(by_digest))]
-            if missing:
-                put_many(self.backend, missing)
+            self._put_bytes([(d, by_digest[d]) for d in self.backend.find_missing(list(by_digest))])
         except BackendError as e:
             self._failed(e)
-            return 0
-        sent = sum(d.size for d, _ in missing)
-        self.stats.bytes_up += sent
-        return sent
+        return self.stats.bytes_up - before
 
     def upload_now(self, files: list[tuple[Path, Digest]]) -> int:
         """Upload the blobs the remote lacks, now; returns the bytes sent."""
@@ -333,13 +298,11 @@ class RemoteTier:
 
     def _put_all(self, missing: list[Digest], where: dict[Digest, Path]) -> None:
         """Upload these blobs: small ones in batches (one round trip each), large ones streamed."""
-        from ciopt.cache.shards import put_many
-
         batch: list[tuple[Digest, bytes]] = []
         size = 0
         for d in missing:
             if d.size > STREAM_THRESHOLD:
-                self._put(d, where[d])
+                self._put_large(d, where[d])
                 continue
             data = where[d].read_bytes()
             if hash_bytes(data, self.digest) != d:
@@ -347,32 +310,24 @@ class RemoteTier:
             batch.append((d, data))
             size += d.size
             if len(batch) >= 256 or size >= STREAM_THRESHOLD:
-                put_many(self.backend, batch)
-                self.stats.bytes_up += size
+                self._put_bytes(batch)
                 batch, size = [], 0
-        if batch:
-            put_many(self.backend, batch)
-            self.stats.bytes_up += size
+        self._put_bytes(batch)
 
     def _put_bytes(self, items: list[tuple[Digest, bytes]]) -> None:
+        """Small blobs in one batched request (their bytes already checked by the caller)."""
         from ciopt.cache.shards import put_many
 
         if items:
             put_many(self.backend, items)
             self.stats.bytes_up += sum(d.size for d, _ in items)
 
-    def _put(self, d: Digest, path: Path) -> None:
-        # The file may have been rewritten since it was hashed: upload only the bytes the
-        # digest names, read once and checked.
-        if d.size > STREAM_THRESHOLD:
-            if hash_file(path, self.digest) != d:
-                return
-            self.backend.put_blob_file(d, path)
-        else:
-            data = path.read_bytes()
-            if hash_bytes(data, self.digest) != d:
-                return
-            self.backend.put_blob(d, data)
+    def _put_large(self, d: Digest, path: Path) -> None:
+        # The file may have been rewritten since it was hashed: upload only if it still holds
+        # the bytes the digest names (small ones are checked in _put_all as they are read).
+        if hash_file(path, self.digest) != d:
+            return
+        self.backend.put_blob_file(d, path)
         self.stats.bytes_up += d.size
 
     # -- uploads ------------------------------------------------------------------------------
@@ -498,6 +453,18 @@ def history_summary(store_path: Path) -> dict[str, object] | None:
             "hit_rate": round(total["hits"] / lookups, 4) if lookups else None,
             "last_lookup_ms_p50": last.get("lookup_ms_p50"), "last_lookup_ms_p95": last.get("lookup_ms_p95"),
             "last_lookup_ms_p99": last.get("lookup_ms_p99")}
+
+
+def _named(result: ActionResult) -> list[Digest] | None:
+    """Every blob an ActionResult names (outputs, logs, per-test cases); None if unreadable."""
+    named = [o.digest for o in result.outputs] + [d for d in (result.stdout, result.stderr) if d]
+    cases = result.extra.get("cases")
+    if isinstance(cases, str):
+        try:
+            named.append(Digest.parse(cases))
+        except ValueError:
+            return None
+    return named
 
 
 __all__ = ["RemoteCacheFailed", "RemoteTier", "TierStats", "history_summary", "record_history"]

@@ -21,7 +21,7 @@ def _tiers() -> tuple[object, object]:
         from ciopt.errors import UserError
 
         raise UserError("the emergency bypass is on (CIOPT_DISABLE): no cache is read or written")
-    return ws.store, ws._remote_cache(None)
+    return ws.store, ws.open_remote_tier(None)
 
 
 def _print(report: object, output: str, verb: str) -> None:

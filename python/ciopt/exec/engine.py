@@ -144,14 +144,12 @@ class Engine:
                 if not waiting[d] and d not in self.outcomes:
                     heapq.heappush(ready, (-priority[d], d))
 
-        def busy() -> int:
-            return len(running)  # processes: a batch is one, however many files it holds
-
         pool = ThreadPoolExecutor(max_workers=max(1, self.opts.jobs), thread_name_prefix="ciopt-action")
         try:
             while ready or running or to_batch:
                 stopping = failed_any and not self.opts.keep_going
-                while ready and busy() < self.opts.jobs and not stopping:
+                # One slot per process: a batch is one, however many files it holds.
+                while ready and len(running) < self.opts.jobs and not stopping:
                     _, label = heapq.heappop(ready)
                     if label in self.outcomes:
                         continue
@@ -175,9 +173,9 @@ class Engine:
                         continue
                     running[pool.submit(self._execute_guarded, action, inputs, outcome)] = [label]
                 if to_batch and not stopping:
-                    free = max(1, self.opts.jobs - busy())
-                    sizes = {p: d.size for a, _, _ in to_batch for p, d, _ in (
-                        (f, self.sources.digests[f], False) for f in pytest_files(a) if f in self.sources.digests)}
+                    free = max(1, self.opts.jobs - len(running))
+                    sizes = {f: self.sources.digests[f].size for a, _, _ in to_batch for f in pytest_files(a)
+                             if f in self.sources.digests}
                     for batch in plan_batches(to_batch, lambda it: it[0], free, self.opts.batch_max_files,
                                               self.opts.durations, sizes):
                         running[pool.submit(self._execute_tests_guarded, batch)] = [a.label for a, _, _ in batch]
@@ -315,7 +313,7 @@ class Engine:
             # memory (outputs and logs are written from there) and reach the store with the
             # entry in one batched commit of the writer, not one commit per hit.
             fetched: dict[Digest, bytes] = {}
-            raw = self.remote_cache.fetch(outcome.key, keep=fetched)
+            raw = self.remote_cache.fetch(outcome.key, fetched)
             if raw is not None:
                 self._fetched.update(fetched)
                 self.writer.add([], outcome.key, raw, list(fetched.values()))
@@ -388,11 +386,7 @@ class Engine:
 
     def _execute(self, action: Action, inputs: list[tuple[str, Digest, bool]], outcome: ActionOutcome) -> None:
         attempts = max(1, self.opts.flaky_attempts, 3 if action.flaky else 1) if action.is_test else 1
-        staged = []
-        for path, digest, executable in inputs:
-            producer = self.ag.producers.get(path)
-            local = self.out_root / path if producer is not None and producer != action.label else self.root / path
-            staged.append(InputFile(path, digest, executable, local))
+        staged = self._staged(action, inputs)
         log = self._log_path(action) if action.is_test else self._failure_log_path(action)
         failures = 0
         for attempt in range(1, attempts + 1):
@@ -460,14 +454,7 @@ class Engine:
                 for _, _, outcome in pending:
                     outcome.status, outcome.message = "failed", "interrupted"
                 return
-            staged: dict[str, InputFile] = {}
-            for action, inputs, _ in pending:
-                for path, digest, executable in inputs:
-                    if path not in staged:
-                        producer = self.ag.producers.get(path)
-                        local = self.out_root / path if producer is not None and producer != action.label \
-                            else self.root / path
-                        staged[path] = InputFile(path, digest, executable, local)
+            staged = {i.path: i for action, inputs, _ in pending for i in self._staged(action, inputs)}
             files = [f for a, _, _ in pending for f in pytest_files(a)]
             with self._batch_lock:
                 self._batch_seq += 1
@@ -546,6 +533,15 @@ class Engine:
             body += f"note: {note}\n"
         log.write_text(head + body, encoding="utf-8", errors="replace")
         outcome.log = log
+
+    def _staged(self, action: Action, inputs: list[tuple[str, Digest, bool]]) -> list[InputFile]:
+        """Where each input's bytes are here: generated ones under ciopt-out/, sources in the tree."""
+        staged = []
+        for path, digest, executable in inputs:
+            producer = self.ag.producers.get(path)
+            local = self.out_root / path if producer is not None and producer != action.label else self.root / path
+            staged.append(InputFile(path, digest, executable, local))
+        return staged
 
     def _failure_log_path(self, action: Action) -> Path:
         return self.out_root / "logs" / (action.label.package or ".") / f"{action.label.name}.log"

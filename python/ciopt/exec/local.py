@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from ciopt import Digest, hash_file
 from ciopt.exec.action_result import OutputFile
 from ciopt.exec.sandbox import OutputError, Sandbox
-from ciopt.graph.action_graph import BASE_PATH, PROJECT_PYTHON, PYTEST_ARGV, Action, pytest_files as _pytest_files
-
-
+from ciopt.graph.action_graph import BASE_PATH, PROJECT_PYTHON, PYTEST_ARGV, Action, pytest_extra_args
 
 if TYPE_CHECKING:
     from ciopt.exec.python_env import PythonEnv
@@ -116,11 +114,7 @@ class LocalExecutor:
                 except OutputError as e:
                     result.error = str(e)
             if action.is_test or not result.ok:
-                log.parent.mkdir(parents=True, exist_ok=True)
-                with open(log, "wb") as f:
-                    for part in (run.stdout, run.stderr):
-                        with open(part, "rb") as src:
-                            shutil.copyfileobj(src, f)
+                _write_log(log, run)
             return result
         finally:
             sandbox.cleanup()
@@ -143,7 +137,7 @@ class LocalExecutor:
             env["PYTHONPATH"] = f"{plugins}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(plugins)
             env["CIOPT_REPORT"] = str(report)
             n_fixed = len(PYTEST_ARGV)
-            extra = [a for a in first.argv[n_fixed:] if a not in set(_pytest_files(first))]
+            extra = pytest_extra_args(first)
             # Files pytest would find by walking their directory (`collectable`: they match
             # python_files) are given as directories, filtered by the plugin; others explicitly.
             walked = [f for f in files if f in collectable]
@@ -159,11 +153,7 @@ class LocalExecutor:
             timeouts = [a.timeout_s for a in actions]
             timeout = None if any(t is None for t in timeouts) else sum(timeouts)  # type: ignore[misc]
             run = run_command(argv, sandbox.root, env, timeout, sandbox.dir)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "wb") as f:
-                for part in (run.stdout, run.stderr):
-                    with open(part, "rb") as src:
-                        shutil.copyfileobj(src, f)
+            _write_log(log, run)
             reports: list[dict[str, object]] = []
             if report.is_file():
                 for line in report.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -186,6 +176,15 @@ class LocalExecutor:
             os.replace(path, dest)
             outputs[rel] = OutputFile(rel, digest, executable)
         return outputs
+
+
+def _write_log(log: Path, run: RunResult) -> None:
+    """stdout, then stderr, of a finished command into `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as f:
+        for part in (run.stdout, run.stderr):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
 
 
 def _top_dirs(files: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ciopt.graph.action_graph import PYTEST_ARGV, Action, pytest_files
+from ciopt.graph.action_graph import PYTEST_ARGV, Action, pytest_extra_args, pytest_files
 
 EXCLUSIVE_TAG = "exclusive"
 DEFAULT_DURATION_S = 1.0  # a file never run before: assume an average file
@@ -33,9 +33,7 @@ def batchable(action: Action) -> bool:
 
 def batch_key(action: Action) -> tuple[object, ...]:
     """Actions with equal keys may share a pytest process: same env, extra arguments, platform."""
-    files = set(pytest_files(action))
-    extra = tuple(a for a in action.argv[len(PYTEST_ARGV):] if a not in files)
-    return (action.argv[:len(PYTEST_ARGV)], extra, action.env, action.requires)
+    return (action.argv[:len(PYTEST_ARGV)], pytest_extra_args(action), action.env, action.requires)
 
 
 def plan_batches(items: Sequence[T], action_of: Callable[[T], Action], slots: int, max_files: int,

@@ -239,6 +239,12 @@ def pytest_files(action: Action) -> tuple[str, ...]:
     return tuple(a for a in action.argv[len(PYTEST_ARGV):] if a in inputs and a.endswith(".py"))
 
 
+def pytest_extra_args(action: Action) -> tuple[str, ...]:
+    """A py_test's arguments beyond the fixed ones and its files (`args`, `-- ARGS`)."""
+    files = set(pytest_files(action))
+    return tuple(a for a in action.argv[len(PYTEST_ARGV):] if a not in files)
+
+
 def _out_path(label: Label, out: str) -> str:
     return f"{label.package}/{out}" if label.package else out
 
@@ -347,5 +353,5 @@ def action_key(action: Action, input_tree: Digest, toolchain: str, digest: str =
     return hash_bytes(encoded, digest).hash
 
 
-__all__ = ["PROJECT_PYTHON", "PYTEST_ARGV", "Action", "pytest_files", "ActionGraph", "Toolchain", "action_key", "expand_command",
-           "toolchain_fingerprint"]
+__all__ = ["PROJECT_PYTHON", "PYTEST_ARGV", "Action", "ActionGraph", "Toolchain", "action_key", "expand_command",
+           "pytest_extra_args", "pytest_files", "toolchain_fingerprint"]
