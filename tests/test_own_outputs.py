@@ -99,3 +99,17 @@ def test_own_outputs_paths(tmp_path: Path) -> None:
     assert OwnOutputs.of(tmp_path, tmp_path.parent / "elsewhere").dirs == ("ciopt-out",)
     mark_ignored(tmp_path / "new" / "dir")
     assert (tmp_path / "new" / "dir" / ".gitignore").read_text().endswith("*\n")
+
+
+def test_a_virtualenv_in_the_checkout_is_neither_source_nor_change(cli: CliRunner, repo: Path) -> None:
+    """A runner restores `.venv/` into a checkout whose .gitignore does not list it: pip's vendored
+    test files are not tests, and its files are not changes (found by benches/ci_replay.py)."""
+    venv = repo / "env-any-name"
+    (venv / "lib" / "site-packages" / "pip" / "tests").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib" / "site-packages" / "pip" / "tests" / "test_vendored.py").write_text("def test_x():\n    pass\n")
+    graph = json.loads(cli("graph", "-o", "json", cwd=repo, check=True).stdout)
+    assert not any(f.startswith("env-any-name/") for f in [*graph["files"], *graph["test_files"]])
+    doc = json.loads(cli("affected", "--base", "HEAD", "-o", "json", cwd=repo, check=True).stdout)
+    assert doc["changed_files"] == [] and doc["test_files"] == []
+    assert "env-any-name" not in cli("hash", ".", cwd=repo, check=True).stdout

@@ -209,3 +209,25 @@ def test_config_show_names_the_interpreter(cli: CliRunner, project: Path, projec
     doc = json.loads(cli("config", "show", "-o", "json", cwd=project, env={"VIRTUAL_ENV": str(project_venv)},
                          check=True).stdout)
     assert doc["python"]["executable"] == f"{project_venv}/bin/python"
+
+
+def test_checkouts_at_different_paths_share_test_results(cli: CliRunner, tmp_path: Path) -> None:
+    """Two runners, each with the checkout and its `.venv` at its own path, one store between
+    them: the second is served from the cache. The interpreter used to be in the ActionKey by
+    absolute path, so no two runners at different paths ever shared a result (found by
+    benches/ci_replay.py's concurrent runners)."""
+    docs = []
+    for runner in ("runner-a", "runner-b"):
+        ws = tmp_path / runner / "checkout"
+        write(ws, {"config/ci-optimization.yaml": "enabled: false\n",
+                   "pkg/__init__.py": "", "pkg/mod.py": "def f():\n    return 1\n",
+                   "tests/test_mod.py": "from pkg.mod import f\n\ndef test_f():\n    assert f() == 1\n"})
+        subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--system-site-packages",
+                        str(ws / ".venv")], check=True, timeout=300)
+        proc = cli("test", "//...", "-o", "json", cwd=ws, env={"VIRTUAL_ENV": ""})
+        assert proc.returncode == 0, proc.stderr
+        docs.append(json.loads(proc.stdout))
+    for doc, runner in zip(docs, ("runner-a", "runner-b")):
+        assert doc["summary"]["python"]["executable"] == str(tmp_path / runner / "checkout/.venv/bin/python")
+    assert [t["status"] for t in docs[0]["tests"]] == ["executed"]
+    assert [t["status"] for t in docs[1]["tests"]] == ["cached_local"]

@@ -1,4 +1,4 @@
-"""ciopt's own files inside a user's workspace: never sources, never changes.
+"""ciopt's own files inside a user's workspace, and its virtualenvs: never sources, never changes.
 
 A repository that has not adopted ciopt has no `.gitignore` line for `ciopt-out/`, and a
 store may be placed inside the workspace (`CIOPT_CACHE_DIR=.ciopt-demo`). Without this module
@@ -36,6 +36,7 @@ class OwnOutputs:
             rel = _inside(Path(root), Path(store_path))
             if rel:
                 dirs.append(rel)
+        dirs += virtualenvs(Path(root))
         return cls(tuple(dict.fromkeys(dirs)))
 
     def walk_excludes(self) -> list[str]:
@@ -51,6 +52,21 @@ class OwnOutputs:
 
     def filter(self, paths: Iterable[str]) -> list[str]:
         return [p for p in paths if not self.contains(p)]
+
+
+def virtualenvs(root: Path) -> list[str]:
+    """Virtual environments directly in the workspace root (`.venv/`, `venv/`, any name).
+
+    Not ours, but never sources either: a runner that creates or restores `.venv` in a checkout
+    whose `.gitignore` does not list it must not see pip's vendored `test_*.py` files as tests,
+    nor thousands of untracked files as changes. Recognized by `pyvenv.cfg`, as pytest does.
+    """
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    return sorted(e.name for e in entries
+                  if e.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(e.path, "pyvenv.cfg")))
 
 
 def _inside(root: Path, path: Path) -> str | None:

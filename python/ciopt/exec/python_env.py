@@ -98,10 +98,22 @@ class PythonEnv:
     def minor_version(self) -> str:
         return ".".join(self.version.split(".")[:2])
 
-    def fingerprint(self) -> dict[str, object]:
-        """What of the interpreter decides a Python action's result (part of its ActionKey)."""
+    def fingerprint(self, root: Path | None = None) -> dict[str, object]:
+        """What of the interpreter decides a Python action's result (part of its ActionKey).
+
+        An interpreter inside the workspace (`.venv/bin/python`) is named relative to it: CI
+        runners and developers check out at different paths, and with the absolute path in the
+        key no two of them could ever share a test result (found by benches/ci_replay.py).
+        Version and installed distributions are what decide a result; they stay.
+        """
+        executable = self.executable
+        if root is not None:
+            try:
+                executable = Path(self.executable).relative_to(root).as_posix()
+            except ValueError:
+                pass
         return {
-            "executable": self.executable,
+            "executable": executable,
             "implementation": self.implementation,
             "version": self.version,
             "distributions": hashlib.sha256("\n".join(self.distributions).encode()).hexdigest(),
