@@ -1,28 +1,35 @@
-"""The base revision a CI run's changes are measured from, for `selection.enabled`.
+"""The base revision a CI run's changes are measured from, for `selection.enabled` and
+`ciopt ci base`.
 
-Order: `selection.base` when configured; under GitHub Actions the pull request's target
-branch (`GITHUB_BASE_REF`, merge-base with HEAD) or, for a push, the event's `before` commit;
-otherwise the merge-base of HEAD with `origin/HEAD`. When none resolves (a shallow clone, a
-first push) the answer says why, and the caller runs every test: selection may only ever
-drop tests it can prove unaffected.
+Order: `selection.base` when configured; the pull/merge request's target branch (its merge-base
+with HEAD; GitLab's precomputed diff base first); a push's `before` commit; the last green commit
+(when the caller supplies where to look: ci/last_green.py); the merge-base of HEAD with
+`origin/HEAD`, unless that is HEAD itself (a build of the default branch, where it would select
+nothing). When none resolves the answer says why, and says so plainly when the clone is shallow:
+the caller then runs every test, since selection may only ever drop tests it can prove
+unaffected.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-_NULL_SHA = "0" * 40
+from ciopt.ci.provider import CiEnv, detect
+
+# Candidates for the last green commit, newest first, as (commit, where it was recorded).
+LastGreen = Callable[[], Iterable[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
 class BaseRevision:
     commit: str | None  # None: no usable base, run everything
     source: str  # where it came from, or why there is none
+    kind: str | None = None  # configured | pull_request | push | last_green | origin_head; None with no base
+    shallow: bool = False  # the clone is shallow (the usual reason for no base)
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -41,41 +48,79 @@ def _merge_base(root: Path, rev: str) -> str | None:
     return _git(root, "merge-base", "HEAD", rev) if _commit(root, rev) else None
 
 
-def find_base(root: Path, configured: str | None, env: Mapping[str, str] = os.environ) -> BaseRevision:
+def commit_of(root: Path, rev: str) -> str | None:
+    """The full commit id `rev` names at `root`, None when it names none here."""
+    return _commit(root, rev)
+
+
+def current_branch(root: Path) -> str | None:
+    return _git(root, "branch", "--show-current")
+
+
+def _is_ancestor(root: Path, commit: str) -> bool:
+    try:
+        proc = subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=root,
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
+
+
+def is_shallow(root: Path) -> bool:
+    return _git(root, "rev-parse", "--is-shallow-repository") == "true"
+
+
+def _missing(root: Path, what: str, ci: CiEnv) -> BaseRevision:
+    shallow = is_shallow(root)
+    why = "the clone is shallow" if shallow else "it is not in this clone"
+    return BaseRevision(None, f"{what}, but {why}: {ci.deepen_hint}", shallow=shallow)
+
+
+def find_base(root: Path, configured: str | None, env: Mapping[str, str] = os.environ, *,
+              target_branch: str | None = None, before: str | None = None,
+              last_green: LastGreen | None = None) -> BaseRevision:
+    """The base revision for selection at `root`. `target_branch` / `before` override what the
+    CI environment says (for CIs ciopt does not know)."""
+    ci = detect(env)
     if configured:
         found = _merge_base(root, configured) if configured.startswith("origin/") else _commit(root, configured)
-        return BaseRevision(found, f"selection.base = {configured}" if found else
-                            f"selection.base = {configured} is not a commit here (shallow clone? fetch it)")
-    if env.get("GITHUB_ACTIONS") == "true":
-        ref = env.get("GITHUB_BASE_REF")
-        if ref:
-            for candidate in (f"origin/{ref}", ref):
-                found = _merge_base(root, candidate)
-                if found:
-                    return BaseRevision(found, f"merge-base with {candidate} (GITHUB_BASE_REF)")
-            return BaseRevision(None, f"GITHUB_BASE_REF={ref} has no merge-base here: fetch it "
-                                      "(actions/checkout with fetch-depth: 0)")
-        before = _push_before(env)
-        if before and before != _NULL_SHA:
-            found = _commit(root, before)
-            return BaseRevision(found, "the push's `before` commit (github.event.before)" if found else
-                                f"the push's before commit {before[:12]} is not in this clone: set fetch-depth")
+        if found:
+            return BaseRevision(found, f"selection.base = {configured}", "configured")
+        return _missing(root, f"selection.base = {configured} is not a commit here", ci)
+
+    if ci.diff_base and not target_branch and _commit(root, ci.diff_base):
+        return BaseRevision(ci.diff_base, "the merge request's diff base (CI_MERGE_REQUEST_DIFF_BASE_SHA)",
+                            "pull_request")
+    target = target_branch or ci.target_branch
+    if target:
+        for candidate in (f"origin/{target}", target):
+            found = _merge_base(root, candidate)
+            if found:
+                return BaseRevision(found, f"merge-base with {candidate} (the request's target branch)",
+                                    "pull_request")
+        return _missing(root, f"the target branch {target} needs a merge-base with HEAD", ci)
+
+    before = before or ci.before
+    if before:
+        if _commit(root, before):
+            return BaseRevision(before, "the push's `before` commit", "push")
+        return _missing(root, f"the push's before commit {before[:12]} is the base", ci)
+
+    if last_green is not None:
+        for commit, where in last_green():
+            if _commit(root, commit) and _is_ancestor(root, commit):
+                return BaseRevision(commit, f"the last green commit ({where})", "last_green")
+
+    head = _commit(root, "HEAD")
     found = _merge_base(root, "origin/HEAD")
-    if found:
-        return BaseRevision(found, "merge-base with origin/HEAD")
-    return BaseRevision(None, "no base revision: origin/HEAD is unknown here (set selection.base or pass "
-                              "--affected-since REV)")
+    if found and found != head:
+        return BaseRevision(found, "merge-base with origin/HEAD", "origin_head")
+    shallow = is_shallow(root)
+    if shallow:
+        return BaseRevision(None, f"no base revision: the clone is shallow; {ci.deepen_hint}", shallow=True)
+    why = ("HEAD is the tip of origin/HEAD and no green commit is recorded" if found else
+           "origin/HEAD is unknown here and no green commit is recorded")
+    return BaseRevision(None, f"no base revision: {why} (set selection.base or pass --affected-since REV)")
 
 
-def _push_before(env: Mapping[str, str]) -> str | None:
-    if env.get("GITHUB_EVENT_NAME") != "push" or not env.get("GITHUB_EVENT_PATH"):
-        return None
-    try:
-        event = json.loads(Path(env["GITHUB_EVENT_PATH"]).read_text())
-    except (OSError, ValueError):
-        return None
-    before = event.get("before") if isinstance(event, dict) else None
-    return before if isinstance(before, str) else None
-
-
-__all__ = ["BaseRevision", "find_base"]
+__all__ = ["BaseRevision", "LastGreen", "commit_of", "current_branch", "find_base", "is_shallow"]
