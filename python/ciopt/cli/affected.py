@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -52,28 +53,40 @@ def affected(base: str, head: str | None, explain: bool, output: str) -> None:
 
 
 @click.command()
-@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--output", "-o", type=click.Choice(["json", "dot", "text"]), default="json", show_default=True,
               help="json: {\"files\": {file: [deps]}} plus test files and unresolved imports; dot: Graphviz.")
 def graph(path: Path | None, output: str) -> None:
     """The file-level dependency graph inferred from source (Python, JS/TS, shell, Dockerfiles).
 
-    PATH is the directory to analyse (default: the workspace root). Results are cached in
-    the store by content: an unchanged tree is not parsed again.
+    PATH (a directory or file; default: the whole workspace) limits which files are
+    analysed, as `ruff analyze graph PATH` does. Paths stay workspace-relative and imports
+    still resolve against the whole workspace and its source roots, so a file's edges are the
+    same as in the whole graph, and they may point outside PATH. Results are cached in the
+    store by content: an unchanged tree is not parsed again.
 
     \b
     Examples:
       ciopt graph -o json > deps.json
+      ciopt graph src/mypkg -o text          # only files under src/mypkg, edges to anywhere
       ciopt graph src/ -o dot | dot -Tsvg > deps.svg
     """
+    from ciopt.cli.errors import fail
     from ciopt.graph.target_graph import scan_sources
     from ciopt.infer.graph import build_file_graph
     from ciopt.workspace import Workspace
 
     ws = Workspace(path or Path.cwd())
-    root = path.resolve() if path is not None else ws.root
-    sources = scan_sources(root, ws.store, ws.own_outputs if root == ws.root else None)
-    g = build_file_graph(root, sources.digests, ws.store, ws.config.selection.source_roots)
+    within = ""
+    if path is not None:
+        within = os.path.relpath(os.path.realpath(path), os.path.realpath(ws.root))
+        if within == os.curdir:
+            within = ""
+        elif within == os.pardir or within.startswith(os.pardir + os.sep):
+            fail(f"{path}: not inside the workspace {ws.root}")
+        within = Path(within).as_posix()
+    sources = scan_sources(ws.root, ws.store, ws.own_outputs)
+    g = build_file_graph(ws.root, sources.digests, ws.store, ws.config.selection.source_roots, within=within)
     if output == "json":
         emit_json(g.to_json())
     elif output == "dot":

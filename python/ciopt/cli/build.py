@@ -21,12 +21,15 @@ def _common(f):
                      help="Run actions on the executors of the `ciopt scheduler` at ADDR (tcp://HOST:PORT); "
                           "default: remote_execution.scheduler when remote_execution.enabled. CurveZMQ keys "
                           "come from $CIOPT_CURVE_SECRET and $CIOPT_SERVER_KEY.")(f)
+    f = click.option("--explain", is_flag=True,
+                     help="For every action that ran (a cache miss), print which parts of its key differ from "
+                          "its previous run (as `ciopt explain`); with -o json, an \"explain\" list.")(f)
     return output_option(f)
 
 
 def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None,
          output: str, flaky_attempts: int | None = None, junit: Path | None = None,
-         remote: str | None = None, **test_options: object) -> None:
+         remote: str | None = None, explain: bool = False, **test_options: object) -> None:
     from ciopt.cli.progress import Progress
     from ciopt.workspace import Workspace
 
@@ -59,10 +62,29 @@ def _run(command: str, patterns: tuple[str, ...], jobs: int | None, keep_going: 
         from ciopt.exec.junit import write_junit
 
         write_junit(junit, result)
+    explained = _explain_ran(ws, result) if explain else None
     if output == "json":
-        emit_json(result.to_json())
+        doc = result.to_json()
+        if explained is not None:
+            doc["explain"] = [e.to_json() for e in explained]
+        emit_json(doc)
+    elif explained is not None:
+        from ciopt.cli.explain import format_explanation
+
+        sys.stderr.write("".join(format_explanation(e, after_build=True) for e in explained))
     _summary(result, show_failures=not show)
     exit_with(result.exit_code)
+
+
+def _explain_ran(ws, result) -> list:
+    """`--explain`: why each action that ran missed, from the key parts the build just recorded."""
+    from ciopt.exec.explain import explain_recorded
+
+    if ws.store is None:
+        click.echo("ciopt: note: --explain: the emergency bypass is on, nothing was recorded", err=True)
+        return []
+    ran = [o for o in result.outcomes.values() if o.key and o.status in ("executed", "failed", "cached_remote")]
+    return [explain_recorded(ws.store, str(o.label), o.key) for o in sorted(ran, key=lambda o: o.label)]
 
 
 def _size(n: int) -> str:
@@ -122,7 +144,7 @@ def _summary(result, show_failures: bool) -> None:
 @_common
 @click.option("-k", "--keep-going", is_flag=True, help="Keep building what does not depend on a failure.")
 def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progress: bool | None, output: str,
-          remote: str | None) -> None:
+          remote: str | None, explain: bool) -> None:
     """Build targets: //pkg:name, //pkg/..., //pkg:all, or :name relative to the current directory.
 
     Each action runs in a fresh directory holding only its declared inputs; results are
@@ -136,10 +158,10 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, progres
       ciopt build //... --remote tcp://ci-scheduler:5555 -j 16
     Exit: 0 success, 1 an action failed, 2 bad BUILD file, pattern or configuration.
     """
-    _run("build", patterns, jobs, keep_going, progress, output, remote=remote)
+    _run("build", patterns, jobs, keep_going, progress, output, remote=remote, explain=explain)
 
 
-class _PytestArgsCommand(click.Command):
+class PytestArgsCommand(click.Command):
     """Everything after `--` goes to pytest, not to the patterns."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -150,7 +172,7 @@ class _PytestArgsCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-@click.command(cls=_PytestArgsCommand)
+@click.command(cls=PytestArgsCommand)
 @click.argument("patterns", nargs=-1, required=True)
 @_common
 @click.option("--flaky-attempts", type=click.IntRange(min=1), default=None,
@@ -166,7 +188,7 @@ class _PytestArgsCommand(click.Command):
 @click.pass_context
 def test(ctx: click.Context, patterns: tuple[str, ...], jobs: int | None, progress: bool | None, output: str,
          flaky_attempts: int | None, junit: Path | None, remote: str | None, affected_since: str | None,
-         batch: bool | None) -> None:
+         batch: bool | None, explain: bool) -> None:
     """Run test targets (py_test, sh_test, test_suite) matched by the patterns.
 
     py_test runs with the project's interpreter (python.interpreter, else $VIRTUAL_ENV, else
@@ -185,7 +207,7 @@ def test(ctx: click.Context, patterns: tuple[str, ...], jobs: int | None, progre
       ciopt test //... -- -k "not slow" -x
     Exit: 0 all passed, 1 a test failed, 2 bad input.
     """
-    _run("test", patterns, jobs, True, progress, output, flaky_attempts, junit, remote,
+    _run("test", patterns, jobs, True, progress, output, flaky_attempts, junit, remote, explain,
          batch=batch, pytest_args=list(ctx.meta.get("pytest_args", [])), affected_since=affected_since)
 
 

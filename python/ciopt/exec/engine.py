@@ -109,6 +109,10 @@ class Engine:
         self._solo: set[Label] = set()  # tests to run alone: their batch died before they reported
         self._batch_seq = 0
         self._batch_lock = threading.Lock()
+        self.python = python
+        # Actions that missed the cache, with their inputs and key: their key parts are recorded
+        # at the end (exec/key_record.py) so `ciopt explain` can tell what changed.
+        self._missed: list[tuple[Action, list[tuple[str, Digest, bool]], str]] = []
 
     # -- scheduling ---------------------------------------------------------------
 
@@ -163,6 +167,7 @@ class Engine:
                     if outcome.status != "pending":
                         finish(label, outcome)
                         continue
+                    self._missed.append((action, inputs, outcome.key))
                     # An execution reads its inputs from ciopt-out/: restore any pending outputs first.
                     self._flush_materialize()
                     if self._local_tests(action):
@@ -198,12 +203,30 @@ class Engine:
             pool.shutdown(wait=True)
             self._flush_materialize()
             self.writer.flush()
+            self._record_key_parts()
         for label in needed:
             if label not in self.outcomes:
                 a = self.ag.actions[label]
                 self.outcomes[label] = ActionOutcome(label, a.mnemonic, "skipped",
                                                      message="not started: an earlier action failed")
         return self.outcomes
+
+    def _record_key_parts(self) -> None:
+        if self.store is None or not self._missed:
+            return
+        from ciopt.exec.key_record import Executed, write_records
+        from ciopt.graph.action_graph import PROJECT_PYTHON
+
+        dists = self.python.distributions if self.python is not None else None
+        ran: dict[Label, Executed] = {}
+        for action, inputs, key in self._missed:  # a requeued test appears twice: the last one counts
+            outcome = self.outcomes.get(action.label)
+            if outcome is None or outcome.status not in ("executed", "failed", "cached_remote"):
+                continue  # never finished (interrupted): nothing to compare against later
+            python = action.argv[:1] == (PROJECT_PYTHON,)
+            ran[action.label] = Executed(action, inputs, key, self.toolchain.for_action(action),
+                                         dists if python else None, outcome.status)
+        write_records(self.store, list(ran.values()))
 
     def _needed(self, wanted: list[Label]) -> set[Label]:
         needed: set[Label] = set()

@@ -91,24 +91,36 @@ def is_python_test(path: str, patterns: Iterable[str]) -> bool:
 
 
 def build_file_graph(root: Path, files: Mapping[str, Digest], store: Store | None,
-                     source_roots: tuple[str, ...] | None = None, virtual: Iterable[str] = ()) -> FileGraph:
+                     source_roots: tuple[str, ...] | None = None, virtual: Iterable[str] = (),
+                     within: str = "") -> FileGraph:
     """The graph of `files` (path -> digest). `virtual` files are treated as present but empty:
-    deleted files, so that what imported them still depends on them."""
+    deleted files, so that what imported them still depends on them.
+
+    `within` (a workspace-relative directory or file; "" = everything) restricts the files
+    analysed, as `ruff analyze graph PATH` does, while imports still resolve against every
+    file and the workspace's source roots: a file's edges are the same as in the whole graph."""
     settings = read_pytest_settings(root)
     all_files = frozenset(files) | frozenset(virtual)
     roots = source_roots if source_roots is not None else detect_source_roots(root, all_files, settings)
+    within = within.strip("/")
     key = None
     if store is not None:
         tree = "\n".join(f"{p}\0{files[p]}" for p in sorted(files))
-        key = hash_bytes("\0".join([GRAPH_CACHE_VERSION, tree, "\n".join(sorted(virtual)), repr(roots),
-                                    repr(settings)]).encode()).hash
+        parts = [GRAPH_CACHE_VERSION, tree, "\n".join(sorted(virtual)), repr(roots), repr(settings)]
+        key = hash_bytes("\0".join(parts + ([within] if within else [])).encode()).hash
         raw = store.action_get(key)
         if raw is not None:
             return FileGraph.decode(raw)
-    graph = _build(root, files, store, roots, settings.python_files, all_files, settings.testpaths)
+    analysed = files if not within else {p: d for p, d in files.items() if is_under(p, within)}
+    graph = _build(root, analysed, store, roots, settings.python_files, all_files, settings.testpaths)
     if store is not None and key is not None:
         store.action_put(key, graph.encode())
     return graph
+
+
+def is_under(path: str, within: str) -> bool:
+    """Whether the workspace-relative `path` is `within` (a directory or file) or below it."""
+    return path == within or path.startswith(within + "/")
 
 
 def in_testpaths(path: str, testpaths: tuple[str, ...]) -> bool:
