@@ -312,7 +312,10 @@ class Toolchain:
 
     Every action: the platform, the workspace's lockfiles and the project interpreter's version.
     Python actions also: the interpreter's path and its installed distributions, so upgrading a
-    dependency re-runs the tests and nothing else."""
+    dependency re-runs the tests and nothing else. The path is relative to the workspace root
+    when the interpreter lies inside it (`.venv/bin/python`, `PythonEnv.fingerprint`), so
+    runners that check out at different paths share results; an interpreter outside the
+    workspace keys on its absolute path."""
 
     base: str  # canonical JSON
     python: str  # canonical JSON; base plus the project interpreter's fingerprint
