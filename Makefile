@@ -4,6 +4,7 @@
 #               cached, and --affected-since after a one-line edit
 #   make test   the whole suite: pytest and cargo test
 #   make bench  benches/, each against its named peer, printed as ratios
+#   make wheel  dist/ciopt-*.whl, installable without Rust (pipx install dist/*.whl)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,12 +12,12 @@ PY     := $(VENV)/bin/python
 CIOPT  := $(VENV)/bin/ciopt
 RUST_SOURCES := Cargo.toml Cargo.lock $(wildcard rust/src/*.rs)
 PY_DEPS := pytest hypothesis blake3 pytest-timeout click pyyaml msgpack rich starlark-pyo3 libcst pyzmq \
-           xxhash redis hiredis
+           xxhash redis hiredis check-jsonschema zizmor jinja2 plotly playwright
 
 # benches/<name>_bench.py, run by `make bench` (all) or `make bench-<name>`.
-BENCHES := hash graph infer remote pytest cache
+BENCHES := hash graph infer remote pytest cache analytics
 
-.PHONY: demo test test-python test-rust bench $(addprefix bench-,$(BENCHES)) develop clean
+.PHONY: demo test test-python test-rust bench $(addprefix bench-,$(BENCHES)) bench-replay develop clean wheel dashboard-screenshot
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 $(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES) pyproject.toml
 	$(PY) -m maturin develop --release -q
 	touch $@
+
+# A wheel for users, with the compiled extension inside: `pip install dist/*.whl` or
+# `pipx install dist/*.whl` then needs no Rust. One abi3 wheel serves CPython 3.11 and later.
+wheel: $(VENV)/.deps
+	rm -f dist/ciopt-*.whl
+	$(PY) -m maturin build --release -q -i $(PY) -o dist
+	@ls dist/ciopt-*.whl
 
 # Bytecode up front: with PYTHONDONTWRITEBYTECODE set (common in CI images) every ciopt
 # invocation would otherwise recompile the package (~30 ms).
@@ -54,6 +62,12 @@ bench: $(addprefix bench-,$(BENCHES))
 bench-%: develop
 	$(PY) -m pip install -q lmdb psutil ruff grimp
 	$(PY) benches/$*_bench.py
+
+# Real history replayed as CI runs it (issue 11): long (an hour or more on 2 cores). Smaller:
+# .venv/bin/python benches/ci_replay.py --repo click --commits 10 --mutations 3 --concurrent 4
+bench-replay: develop
+	$(PY) -m pip install -q matplotlib
+	$(PY) benches/ci_replay.py
 
 # The real repositories and their venvs are fetched and installed once.
 bench-pytest: develop
@@ -87,5 +101,10 @@ demo: develop
 	    mv ciopt-out/pricing.py.orig src/inventory/pricing.py; exit $$status; }
 	CIOPT_CACHE_DIR=$(DEMO_STORE) $(CIOPT) cache stats
 
+# docs/img/dashboard.png: `ciopt dashboard` over a generated 60-day team history, in headless
+# Chromium (Debian's chromium; playwright drives it, no browser download).
+dashboard-screenshot: develop
+	$(PY) benches/analytics_bench.py --screenshot docs/img/dashboard.png
+
 clean:
-	rm -rf target $(VENV) .ciopt-demo examples/ciopt-out $(SRCPROJ)/ciopt-out $(SRCPROJ)/.venv python/ciopt/*.so
+	rm -rf target dist $(VENV) .ciopt-demo examples/ciopt-out $(SRCPROJ)/ciopt-out $(SRCPROJ)/.venv python/ciopt/*.so

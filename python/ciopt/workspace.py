@@ -98,6 +98,16 @@ class Workspace:
     def records_path(self) -> Path:
         return self.config.analytics.path
 
+    def toolchain(self, graph: TargetGraph, python: PythonEnv | None) -> Toolchain:
+        """The toolchain part of every ActionKey of a build of `graph`: the platform, the
+        lockfiles among its sources and, with `python` (a build that runs py_tests), the project
+        interpreter's fingerprint, its path relative to the workspace root when it lies inside;
+        without, the version of the interpreter running ciopt. `ciopt explain` must use the same,
+        or every key it compares would differ."""
+        from ciopt.graph.action_graph import toolchain_fingerprint
+
+        return toolchain_fingerprint(graph.sources.digests, python.fingerprint(self.root) if python else None)
+
     def load(self) -> TargetGraph:
         store = self.store
         return TargetGraph.load(self.root, store, scan_sources(self.root, store, self.own_outputs),
@@ -133,9 +143,10 @@ class Workspace:
              on_loaded: "callable | None" = None, remote: str | None = None,
              warn: "callable | None" = None, batch: bool | None = None, pytest_args: list[str] | None = None,
              affected_since: str | None = None) -> BuildResult:
+        from ciopt.analytics.publish import finish_invocation
         from ciopt.analytics.records import ActionRecord, RecordWriter, critical_path, last_durations
         from ciopt.exec.engine import ActionOutcome, Engine, EngineOptions
-        from ciopt.graph.action_graph import ActionGraph, pytest_files, toolchain_fingerprint
+        from ciopt.graph.action_graph import ActionGraph, pytest_files
 
         started = time.time()
         graph = self.load()
@@ -161,7 +172,7 @@ class Workspace:
         jobs = jobs or self.config.execution.jobs or os.cpu_count() or 1
         attempts = flaky_attempts or self.config.execution.flaky_attempts
         digest = self.store.digest_function if self.store is not None else "blake3"
-        toolchain = toolchain_fingerprint(graph.sources.digests, python.fingerprint() if python else None)
+        toolchain = self.toolchain(graph, python)
         remote_executor = self._remote_executor(remote, actions, graph, toolchain, warn, python)
         ex = self.config.execution
         durations = last_durations(self.records_path(), "PyTest") if python is not None else {}
@@ -218,6 +229,7 @@ class Workspace:
             records.finish(invocation, result.exit_code if outcomes else 130)
             records.prune(self.config.analytics.retention_days)
             records.close()
+            finish_invocation(self.config, self.records_path(), invocation, result)  # analytics/publish.py
         return result
 
     def open_remote_tier(self, warn: "callable | None") -> RemoteTier | None:

@@ -30,6 +30,13 @@ transaction, so writers queue for the lock instead of failing on an upgrade.
 Actions are buffered and written in batches (at most `_FLUSH_ROWS` rows or
 `_FLUSH_SECONDS` old), so a 1,000-action build costs a handful of commits.
 
+Schema 2 (analytics, docs/analytics.md) adds where a record came from (`source`, `baseline`,
+`origin`), figures derived from the actions when an invocation finishes or is merged (time
+split, time saved, tests run and skipped by selection, per-executor busy time in
+`invocation_executors`, per-target figures by day in `label_days`, see rollup.py), and
+`pushed_at` / `pulls` for the shared backend. Retention never removes imported baseline
+history.
+
 Schema changes: `SCHEMA_VERSION` is kept in `PRAGMA user_version` (and a row
 per applied version in `schema_version`). `_MIGRATIONS[n]` upgrades a database
 from version n to n+1; a database newer than this ciopt is used as it is, so
@@ -62,6 +69,8 @@ __all__ = [
     "ActionRecord",
     "RecordWriter",
     "actions_of",
+    "annotate",
+    "annotate_in",
     "critical_path",
     "git_revision",
     "last_durations",
@@ -75,7 +84,7 @@ ACTION_STATUSES: tuple[str, ...] = ("executed", "cached_local", "cached_remote",
 TEST_OUTCOMES: tuple[str, ...] = ("passed", "failed", "flaky", "timeout")
 
 NO_INVOCATION = 0  # what `begin` returns when nothing could be recorded (rowids start at 1)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 5.0
 _FLUSH_ROWS = 256
 _FLUSH_SECONDS = 2.0
@@ -170,9 +179,80 @@ CREATE INDEX IF NOT EXISTS actions_executor_started ON actions(executor, started
 CREATE INDEX IF NOT EXISTS actions_tests ON actions(label, test_outcome) WHERE test_outcome IS NOT NULL;
 """
 
+# Version 2 (issue 13, team-wide analytics): where a record came from (recorded here, pulled
+# from the shared backend, imported from pre-ciopt CI history), and what finish() derives
+# per invocation so that reports over 10,000 invocations never scan their actions: the time
+# split, the time saved, and each executor's busy time.
+_SCHEMA_V2 = """
+ALTER TABLE invocations ADD COLUMN source TEXT NOT NULL DEFAULT 'ciopt';   -- ciopt | junit | github-actions
+ALTER TABLE invocations ADD COLUMN baseline INTEGER NOT NULL DEFAULT 0;    -- 1: imported pre-ciopt history
+ALTER TABLE invocations ADD COLUMN origin TEXT;            -- NULL: recorded here; else pulled/imported from
+ALTER TABLE invocations ADD COLUMN loading_s REAL;         -- loading + analysis before the first action
+ALTER TABLE invocations ADD COLUMN queue_wait_s REAL NOT NULL DEFAULT 0;   -- sum of started_at - queued_at
+ALTER TABLE invocations ADD COLUMN cache_fetch_s REAL NOT NULL DEFAULT 0;  -- sum of durations of cache hits
+ALTER TABLE invocations ADD COLUMN upload_s REAL;          -- last action's end to finish (uploads, record)
+ALTER TABLE invocations ADD COLUMN ran_tests INTEGER NOT NULL DEFAULT 0;   -- tests that really ran
+ALTER TABLE invocations ADD COLUMN unaffected_tests INTEGER NOT NULL DEFAULT 0;  -- skipped by selection
+ALTER TABLE invocations ADD COLUMN saved_cache_s REAL NOT NULL DEFAULT 0;  -- last real run of each cache hit
+ALTER TABLE invocations ADD COLUMN saved_selection_s REAL NOT NULL DEFAULT 0;  -- ... of each unaffected test
+ALTER TABLE invocations ADD COLUMN saved_unknown INTEGER NOT NULL DEFAULT 0;  -- of those, never seen running
+ALTER TABLE invocations ADD COLUMN pushed_at REAL;         -- when the shared backend took the record
+
+ALTER TABLE invocations ADD COLUMN rolled_up INTEGER NOT NULL DEFAULT 0;  -- 1: in label_days (rollup.py)
+
+ALTER TABLE actions ADD COLUMN unaffected INTEGER NOT NULL DEFAULT 0;     -- 1: a test skipped by selection
+ALTER TABLE actions ADD COLUMN flip INTEGER NOT NULL DEFAULT 0;           -- 1: a test run that flipped (rollup.py)
+
+-- Per-target figures by day and branch ('*': every branch), see rollup.py.
+CREATE TABLE IF NOT EXISTS label_days (
+    branch      TEXT NOT NULL,
+    day         INTEGER NOT NULL,             -- floor(invocation started_at / 86400), UTC
+    label       TEXT NOT NULL,
+    runs        INTEGER NOT NULL DEFAULT 0,   -- real runs (executed or failed)
+    durations   BLOB,                         -- their durations, float64 little-endian, unordered
+    critical    INTEGER NOT NULL DEFAULT 0,   -- invocations with it on their critical path
+    critical_s  REAL NOT NULL DEFAULT 0,
+    test_runs   INTEGER NOT NULL DEFAULT 0,   -- real test runs
+    flaky       INTEGER NOT NULL DEFAULT 0,   -- of them passed on a retry
+    flips       INTEGER NOT NULL DEFAULT 0,   -- ... other result than the last run with the same key
+    failed      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (branch, day, label)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS invocation_executors (
+    invocation_id INTEGER NOT NULL REFERENCES invocations(id) ON DELETE CASCADE,
+    executor      TEXT NOT NULL,              -- 'local' or a remote executor id
+    actions       INTEGER NOT NULL,           -- actions that ran there (executed or failed)
+    busy_s        REAL NOT NULL,              -- sum of their durations
+    max_parallel  INTEGER NOT NULL,           -- most of them running at once
+    PRIMARY KEY (invocation_id, executor)
+);
+
+CREATE TABLE IF NOT EXISTS pulls (
+    source     TEXT PRIMARY KEY,              -- the shared backend pulled from
+    last_id    TEXT NOT NULL,                 -- its last entry merged (a Redis stream id)
+    pulled_at  REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS actions_critical ON actions(invocation_id) WHERE critical_path = 1;
+CREATE INDEX IF NOT EXISTS invocations_unpushed ON invocations(id) WHERE pushed_at IS NULL;
+CREATE INDEX IF NOT EXISTS invocations_source_started ON invocations(source, started_at);
+
+-- What finish() now derives, for the invocations recorded before.
+UPDATE invocations SET
+    cache_fetch_s = COALESCE((SELECT SUM(duration_s) FROM actions a WHERE a.invocation_id = invocations.id
+                              AND a.status IN ('cached_local', 'cached_remote')), 0),
+    ran_tests = (SELECT COUNT(*) FROM actions a WHERE a.invocation_id = invocations.id
+                 AND a.test_outcome IS NOT NULL AND a.status IN ('executed', 'failed'));
+INSERT OR IGNORE INTO invocation_executors (invocation_id, executor, actions, busy_s, max_parallel)
+    SELECT invocation_id, executor, COUNT(*), COALESCE(SUM(duration_s), 0), 1 FROM actions
+    WHERE status IN ('executed', 'failed') AND executor IS NOT NULL GROUP BY invocation_id, executor;
+"""
+
 # _MIGRATIONS[n] takes a database at user_version n to n + 1. Only ever append.
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     lambda db: _run_script(db, _SCHEMA_V1),
+    lambda db: _run_script(db, _SCHEMA_V2),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -348,6 +428,16 @@ def _ci_provider(env: Mapping[str, str]) -> str | None:
     return "ci" if env.get("CI", "").lower() in ("1", "true", "yes") else None
 
 
+def _ci_branch(env: Mapping[str, str]) -> str | None:
+    """The branch a CI job builds: CI checkouts are usually a detached HEAD, and a team's
+    records are only comparable per branch when they carry one."""
+    for var in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME", "BUILDKITE_BRANCH",
+                "CIRCLE_BRANCH", "BRANCH_NAME", "GIT_BRANCH"):
+        if env.get(var):
+            return env[var]
+    return None
+
+
 def _user() -> str | None:
     try:
         return getpass.getuser()
@@ -455,6 +545,7 @@ class RecordWriter:
 
                 now = time.time() if started_at is None else started_at
                 commit, branch = git_revision(workspace)
+                branch = branch or _ci_branch(os.environ)
                 row = {
                     "uuid": uuid.uuid4().hex,
                     "command": command,
@@ -590,22 +681,108 @@ FROM actions WHERE invocation_id = ?
 
 
 def _finish(db: sqlite3.Connection, invocation_id: int, exit_code: int, now: float) -> None:
+    db.execute(
+        "UPDATE invocations SET finished_at = :now, duration_s = MAX(0.0, :now - started_at), "
+        "exit_code = :exit_code WHERE id = :id",
+        {"now": now, "exit_code": exit_code, "id": invocation_id},
+    )
+    _recount(db, invocation_id)
+    _derive(db, invocation_id)
+
+
+def _recount(db: sqlite3.Connection, invocation_id: int) -> None:
     counts = dict(db.execute(_COUNTS, (invocation_id,)).fetchone())
     assignments = ", ".join(f"{name} = :{name}" for name in counts)
-    db.execute(
-        f"UPDATE invocations SET finished_at = :now, duration_s = MAX(0.0, :now - started_at), "
-        f"exit_code = :exit_code, {assignments} WHERE id = :id",
-        {**counts, "now": now, "exit_code": exit_code, "id": invocation_id},
-    )
+    db.execute(f"UPDATE invocations SET {assignments} WHERE id = :id", {**counts, "id": invocation_id})
+
+
+_DERIVED = """
+SELECT
+    COALESCE(SUM(CASE WHEN queued_at IS NOT NULL AND started_at > queued_at
+                      THEN started_at - queued_at END), 0.0)                      AS queue_wait_s,
+    COALESCE(SUM(CASE WHEN status IN ('cached_local', 'cached_remote') THEN duration_s END), 0.0)
+                                                                                  AS cache_fetch_s,
+    COALESCE(SUM(test_outcome IS NOT NULL AND status IN ('executed', 'failed')), 0) AS ran_tests,
+    COALESCE(SUM(unaffected = 1), 0)                                               AS unaffected_tests,
+    MAX(finished_at)                                                               AS last_finished
+FROM actions WHERE invocation_id = ?
+"""
+
+# The latest real run (executed) of each action that did not run: its label's duration then,
+# started before this invocation. The (label, started_at) index answers each in a few rows.
+_SAVINGS = """
+SELECT a.status, a.unaffected,
+       (SELECT b.duration_s FROM actions b
+         WHERE b.label = a.label AND b.status = 'executed' AND b.duration_s IS NOT NULL AND b.started_at < :t0
+         ORDER BY b.started_at DESC LIMIT 1) AS last_s
+FROM actions a
+WHERE a.invocation_id = :id AND (a.status IN ('cached_local', 'cached_remote') OR a.unaffected = 1)
+"""
+
+
+def _derive(db: sqlite3.Connection, invocation_id: int) -> None:
+    """Fills what analytics read per invocation (schema v2 columns, invocation_executors) from
+    its actions rows. Idempotent: finish(), annotate() and merging pulled records all call it."""
+    row = db.execute("SELECT started_at, finished_at FROM invocations WHERE id = ?", (invocation_id,)).fetchone()
+    if row is None:
+        return
+    started, finished = row[0], row[1]
+    d = dict(db.execute(_DERIVED, (invocation_id,)).fetchone())
+    last = d.pop("last_finished")
+    d["upload_s"] = max(0.0, finished - last) if finished is not None and last is not None else None
+    saved_cache = saved_selection = 0.0
+    unknown = 0
+    for status, unaffected, last_s in db.execute(_SAVINGS, {"id": invocation_id, "t0": started}):
+        if last_s is None:
+            unknown += 1
+        elif unaffected:
+            saved_selection += last_s
+        else:
+            saved_cache += last_s
+    d.update(saved_cache_s=saved_cache, saved_selection_s=saved_selection, saved_unknown=unknown, id=invocation_id)
+    db.execute(f"UPDATE invocations SET {', '.join(f'{k} = :{k}' for k in d if k != 'id')} WHERE id = :id", d)
+
+    spans: dict[str, list[tuple[float, float]]] = {}
+    busy: dict[str, list[float]] = {}
+    for executor, s, f, dur in db.execute(
+            "SELECT executor, started_at, finished_at, duration_s FROM actions WHERE invocation_id = ? "
+            "AND status IN ('executed', 'failed') AND executor IS NOT NULL", (invocation_id,)):
+        b = busy.setdefault(executor, [0, 0.0])
+        b[0] += 1
+        b[1] += dur or 0.0
+        if s is not None and f is not None:
+            spans.setdefault(executor, []).append((s, f))
+    db.execute("DELETE FROM invocation_executors WHERE invocation_id = ?", (invocation_id,))
+    db.executemany(
+        "INSERT INTO invocation_executors (invocation_id, executor, actions, busy_s, max_parallel) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(invocation_id, e, int(n), float(t), _max_parallel(spans.get(e, ()))) for e, (n, t) in busy.items()])
+    from ciopt.analytics import rollup  # here: rollup.py reads through this module
+
+    rollup.contribute(db, invocation_id)
+
+
+def _max_parallel(spans: Iterable[tuple[float, float]]) -> int:
+    """Most intervals open at once (an end at t comes before a start at t)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
+    best = running = 0
+    for _, step in events:
+        running += step
+        best = max(best, running)
+    return max(1, best)
 
 
 def _prune(db: sqlite3.Connection, cutoff: float) -> int:
+    # Imported pre-ciopt history is the baseline every later figure is compared with: it is
+    # older than the retention window by nature, so retention never removes it.
+    old = "SELECT id FROM invocations WHERE started_at < ? AND baseline = 0"
+    from ciopt.analytics import rollup
+
+    rollup.withdraw(db, [r[0] for r in db.execute(old, (cutoff,))])
     # Explicit, so pruning does not depend on foreign_keys being on in this connection.
-    db.execute(
-        "DELETE FROM actions WHERE invocation_id IN (SELECT id FROM invocations WHERE started_at < ?)",
-        (cutoff,),
-    )
-    return db.execute("DELETE FROM invocations WHERE started_at < ?", (cutoff,)).rowcount
+    db.execute(f"DELETE FROM actions WHERE invocation_id IN ({old})", (cutoff,))
+    db.execute(f"DELETE FROM invocation_executors WHERE invocation_id IN ({old})", (cutoff,))
+    return db.execute("DELETE FROM invocations WHERE started_at < ? AND baseline = 0", (cutoff,)).rowcount
 
 
 # ----------------------------------------------------------------------------
@@ -679,6 +856,53 @@ def last_durations(path: Path, mnemonic: str, limit: int = 20) -> dict[str, floa
         return {}
     finally:
         db.close()
+
+
+def annotate(path: Path, invocation_id: int, *, loading_s: float | None = None,
+             unaffected: Iterable[str] = ()) -> None:
+    """Adds what only the caller knows to a finished invocation: the seconds spent loading and
+    analysing before the first action, and the labels selection skipped as unaffected (the
+    schema's status for them is 'skipped'), with the time that saved. Raises sqlite3.Error;
+    the build's hook (analytics/publish.py) turns that into a warning."""
+    if invocation_id == NO_INVOCATION:
+        return
+    db = _connect(Path(path), create=True)
+    try:
+        annotate_in(db, invocation_id, loading_s=loading_s, unaffected=unaffected)
+    finally:
+        db.close()
+
+
+def annotate_in(db: sqlite3.Connection, invocation_id: int, *, loading_s: float | None = None,
+                unaffected: Iterable[str] = ()) -> None:
+    """annotate() on an open connection, in one transaction. Called once per invocation, after
+    finish(): the unaffected tests' savings are added to what finish() derived."""
+    labels = list(unaffected)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if loading_s is not None:
+            db.execute("UPDATE invocations SET loading_s = ? WHERE id = ?", (loading_s, invocation_id))
+        if labels:
+            db.executemany("UPDATE actions SET unaffected = 1 WHERE invocation_id = ? AND label = ?",
+                           [(invocation_id, label) for label in labels])
+            started = db.execute("SELECT started_at FROM invocations WHERE id = ?", (invocation_id,)).fetchone()
+            saved, unknown, count = 0.0, 0, 0
+            for (last_s,) in db.execute(
+                    "SELECT (SELECT b.duration_s FROM actions b WHERE b.label = a.label AND b.status = 'executed' "
+                    "AND b.duration_s IS NOT NULL AND b.started_at < :t0 ORDER BY b.started_at DESC LIMIT 1) "
+                    "FROM actions a WHERE a.invocation_id = :id AND a.unaffected = 1",
+                    {"id": invocation_id, "t0": started[0] if started else 0.0}):
+                count += 1
+                if last_s is None:
+                    unknown += 1
+                else:
+                    saved += last_s
+            db.execute("UPDATE invocations SET unaffected_tests = ?, saved_selection_s = ?, "
+                       "saved_unknown = saved_unknown + ? WHERE id = ?", (count, saved, unknown, invocation_id))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def prune(path: Path, older_than_days: float, *, now: float | None = None) -> int:

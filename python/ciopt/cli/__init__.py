@@ -30,6 +30,10 @@ COMMANDS: dict[str, str] = {
     "affected": "ciopt.cli.affected:affected",
     "graph": "ciopt.cli.affected:graph",
     "tailor": "ciopt.cli.tailor:tailor",
+    "analytics": "ciopt.cli.analytics:analytics",
+    "dashboard": "ciopt.cli.dashboard:dashboard",
+    "ci": "ciopt.cli.ci:ci",
+    "explain": "ciopt.cli.explain:explain",
 }
 
 

@@ -102,7 +102,7 @@ def explain_label(ws: Workspace, graph: TargetGraph, label: Label, pytest_args: 
     from ciopt.exec.explain import ProducerNotCached, current_parts, explain
     from ciopt.exec.python_env import InterpreterError
     from ciopt.exec.key_record import read_record
-    from ciopt.graph.action_graph import ActionGraph, toolchain_fingerprint
+    from ciopt.graph.action_graph import ActionGraph
 
     store = ws.store
     assert store is not None
@@ -118,13 +118,13 @@ def explain_label(ws: Workspace, graph: TargetGraph, label: Label, pytest_args: 
     except InterpreterError:
         if needs_python:
             raise
-    # As Workspace._run computes it: the same toolchain, or every key would differ.
-    toolchain = toolchain_fingerprint(graph.sources.digests, python.fingerprint(ws.root) if python else None)
+    # The toolchain a build uses (Workspace.toolchain), or every key would differ.
+    toolchain = ws.toolchain(graph, python)
     if python is not None and not needs_python:
         # A build without py_tests keys its genrules with the version of the Python running ciopt, one
         # with py_tests with the project's: compare with whichever the last recorded run used.
         recorded = read_record(store, str(label))
-        plain = toolchain_fingerprint(graph.sources.digests, None)
+        plain = ws.toolchain(graph, None)
         if recorded is None or recorded.latest.toolchain.get("python") != _python_of(toolchain.base):
             toolchain = plain
     try:
