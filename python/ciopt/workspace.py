@@ -196,7 +196,9 @@ class Workspace:
             if remote_cache is not None:
                 from ciopt.cache.tiered import record_history
 
-                remote_cache.close()  # flushes queued uploads, within cache.remote.flush_timeout_s
+                # Flushes queued uploads, within cache.remote.flush_timeout_s; the connections stay
+                # open for the record push below (analytics/publish.py), closed after it.
+                remote_cache.flush()
                 record_history(Path(self.config.cache.local.path), remote_cache.backend.name, remote_cache.stats)
             final = dict(outcomes or engine.outcomes)
             reason = f"not affected by the changes since {selection['base']}" if selection else ""
@@ -229,7 +231,12 @@ class Workspace:
             records.finish(invocation, result.exit_code if outcomes else 130)
             records.prune(self.config.analytics.retention_days)
             records.close()
-            finish_invocation(self.config, self.records_path(), invocation, result)  # analytics/publish.py
+            try:
+                finish_invocation(self.config, self.records_path(), invocation, result,  # analytics/publish.py
+                                  tier=remote_cache)
+            finally:
+                if remote_cache is not None:
+                    remote_cache.close()
         return result
 
     def open_remote_tier(self, warn: "callable | None") -> RemoteTier | None:

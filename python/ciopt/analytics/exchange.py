@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,12 @@ from typing import Any
 
 from ciopt.analytics.records import _connect, _derive, _read_only, _recount
 
-__all__ = ["FORMAT_VERSION", "MergeResult", "export_invocation", "merge"]
+__all__ = ["FORMAT_VERSION", "MAX_RECORDS", "MergeResult", "export_invocation", "merge", "pack", "unpack"]
 
 FORMAT_VERSION = 1
+# What a shared backend keeps of the pushed records, the newest first: the Redis stream
+# (stream.py, `MAXLEN ~`) and the records endpoint of `ciopt cache serve` (cache/server.py).
+MAX_RECORDS = 10_000
 
 # Local to this database, or recomputed here from the merged rows (records._derive).
 _LOCAL_INVOCATION_COLUMNS = frozenset({"id", "origin", "pushed_at"})
@@ -74,6 +78,20 @@ def export_by_id(path: Path, invocation_id: int) -> dict[str, Any] | None:
 
 def encode(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def pack(doc: Mapping[str, Any]) -> tuple[str, bytes]:
+    """(uuid, zlib(JSON)): a record document as the shared backends store it."""
+    return str(doc["invocation"]["uuid"]), zlib.compress(encode(doc), 1)
+
+
+def unpack(payload: bytes) -> dict[str, Any]:
+    """A record document from its stored form; ValueError when it is not one this ciopt reads."""
+    try:
+        raw = zlib.decompress(payload)
+    except zlib.error as e:
+        raise ValueError(f"not zlib data: {e}") from None
+    return decode(raw)
 
 
 def decode(data: bytes) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from collections.abc import Iterator
 
 import redis
@@ -26,10 +25,15 @@ from ciopt.analytics import exchange
 from ciopt.cache.backend import BackendError
 from ciopt.cache.redis_backend import PASSWORD_ENV, USERNAME_ENV, _url_options
 
-__all__ = ["MAX_RECORDS", "RecordStream", "StreamEntry"]
+__all__ = ["MAX_RECORDS", "RecordStream", "StreamEntry", "min_id"]
 
-MAX_RECORDS = 10_000
+MAX_RECORDS = exchange.MAX_RECORDS
 READ_BATCH = 200
+
+
+def min_id(retention_days: float) -> str:
+    """The stream entry id of the retention window's start (ids are millisecond times)."""
+    return f"{int((time.time() - retention_days * 86400) * 1000)}-0"
 
 
 class StreamEntry:
@@ -42,11 +46,7 @@ class StreamEntry:
 
     def document(self) -> dict:
         """The record document; ValueError when the entry is not one this ciopt reads."""
-        try:
-            raw = zlib.decompress(self.payload)
-        except zlib.error as e:
-            raise ValueError(f"not zlib data: {e}") from None
-        return exchange.decode(raw)
+        return exchange.unpack(self.payload)
 
 
 class RecordStream:
@@ -70,13 +70,11 @@ class RecordStream:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for document in documents:
-                payload = zlib.compress(exchange.encode(document), 1)
-                fields = {"uuid": str(document["invocation"]["uuid"]), "v": str(exchange.FORMAT_VERSION),
-                          "z": payload}
+                uuid, payload = exchange.pack(document)
+                fields = {"uuid": uuid, "v": str(exchange.FORMAT_VERSION), "z": payload}
                 pipe.xadd(self.key, fields, maxlen=max_records, approximate=True)
             if retention_days is not None:
-                oldest_ms = int((time.time() - retention_days * 86400) * 1000)
-                pipe.xtrim(self.key, minid=f"{oldest_ms}-0", approximate=True)
+                pipe.xtrim(self.key, minid=min_id(retention_days), approximate=True)
             # A server before 6.2 refuses MINID: the entries are in all the same.
             replies = pipe.execute(raise_on_error=False)
         except (redis.RedisError, OSError) as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import socket
 import ssl
@@ -142,6 +143,54 @@ class HttpBackend:
             pool.shutdown(wait=True)
         for c in conns:
             c.conn.close()
+
+    # -- BuildRecords: the records endpoint of `ciopt cache serve` (cache/server.py) -----------
+
+    def post_records(self, body: bytes, *, query: str = "", timeout_s: float | None = None) -> dict | None:
+        """POST a records body (zlib-compressed JSON `{"records": [document, ...]}`) to
+        <base>/records over this thread's kept-alive connection, every socket wait at most
+        `timeout_s`. Returns the server's JSON answer, or None when the server has no records
+        endpoint (404, 405, 501: bazel-remote, nginx); BackendError for any other failure."""
+        headers = {"Content-Length": str(len(body)), "Content-Type": "application/json",
+                   "Content-Encoding": "deflate"}
+        rel = "/records" + (f"?{query}" if query else "")
+        c = self._connection()
+        saved = c.conn.timeout
+        if timeout_s is not None:
+            c.conn.timeout = timeout_s
+            if c.conn.sock is not None:
+                c.conn.sock.settimeout(timeout_s)
+        try:
+            with self._exchange("POST", rel, body, headers) as resp:
+                if resp.status in (404, 405, 501):
+                    return None
+                self._expect(resp, "POST", "/records", (200,))
+                return self._json(resp, "POST")
+        finally:
+            c.conn.timeout = saved
+            if c.conn.sock is not None:
+                c.conn.sock.settimeout(saved)
+
+    def get_records(self, after: int, limit: int) -> dict | None:
+        """GET <base>/records?after=AFTER&limit=LIMIT: `{"entries": [{"id", "uuid", "z"}], ...}`
+        (z: base64 of the stored zlib payload); None when the server has no records endpoint."""
+        rel = f"/records?after={int(after)}&limit={int(limit)}"
+        with self._exchange("GET", rel) as resp:
+            if resp.status in (404, 405, 501):
+                return None
+            self._expect(resp, "GET", "/records", (200,))
+            return self._json(resp, "GET")
+
+    def _json(self, resp: http.client.HTTPResponse, method: str) -> dict:
+        try:
+            doc = json.loads(resp.read())
+        except (OSError, http.client.HTTPException) as e:
+            raise self._error(method, "/records", _describe(e, self.timeout_s)) from None
+        except ValueError as e:
+            raise self._error(method, "/records", f"not a JSON answer: {e}") from None
+        if not isinstance(doc, dict):
+            raise self._error(method, "/records", "not a JSON object")
+        return doc
 
     # -- BatchBackend (backend.py): the tiered cache uses these when a backend has them --------
 

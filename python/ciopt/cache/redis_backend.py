@@ -153,6 +153,49 @@ class RedisBackend:
     def close(self) -> None:
         self._pool.disconnect()
 
+    # -- BuildRecords (analytics/publish.py): the build's record goes over this connection
+
+    def append_records(self, entries: Sequence[tuple[str, bytes]], *, fields_v: str, max_len: int,
+                       min_id: str | None, timeout_s: float) -> list[str]:
+        """XADD each (uuid, payload) to the records stream `<ns>:records` (layout: analytics/
+        stream.py), capped at about `max_len` entries, then XTRIM MINID ~ `min_id`; one round
+        trip over the pool's connection (opened now only if the build never needed one), every
+        socket wait at most `timeout_s`. Returns the entry ids; BackendError on any failure."""
+        key = f"{self._ns}:records".encode()
+        packed = [_command(b"XADD", key, b"MAXLEN", b"~", str(max_len).encode(), b"*", b"uuid", uuid.encode(),
+                           b"v", fields_v.encode(), b"z", payload) for uuid, payload in entries]
+        if min_id is not None:
+            packed.append(_command(b"XTRIM", key, b"MINID", b"~", min_id.encode()))
+        with self._failures("push records"):
+            conn = self._pool.get_connection()
+            connect_timeout = conn.socket_connect_timeout
+            try:
+                conn.socket_connect_timeout = min(timeout_s, connect_timeout or timeout_s)
+                conn.connect()  # a no-op when connected
+                sock = getattr(conn, "_sock", None)
+                if sock is not None:
+                    sock.settimeout(timeout_s)
+                conn.send_packed_command(packed)
+                ids = []
+                for i in range(len(packed)):
+                    try:
+                        reply = conn.read_response()
+                    except redis.exceptions.ResponseError:
+                        if i < len(entries):
+                            raise
+                        continue  # a server before 6.2 refuses MINID: the entries are in all the same
+                    if i < len(entries):
+                        ids.append(reply.decode() if isinstance(reply, bytes) else str(reply))
+                if sock is not None:
+                    sock.settimeout(conn.socket_timeout)
+                return ids
+            except BaseException:
+                conn.disconnect()  # unread replies would answer the next caller's commands
+                raise
+            finally:
+                conn.socket_connect_timeout = connect_timeout
+                self._pool.release(conn)
+
     # -- batches (used by the tiered cache when present)
 
     def put_blobs(self, items: Iterable[tuple[Digest, bytes]]) -> None:

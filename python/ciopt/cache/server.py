@@ -5,9 +5,18 @@ share one cache.
     GET|HEAD|PUT [/PREFIX]/ac/<hex>    ActionCache (opaque bytes: Bazel's ActionResult protos
                                        and ciopt's encoded results both fit)
     GET|HEAD|PUT [/PREFIX]/cas/<hex>   blobs; a PUT whose body does not hash to <hex> is refused
+    POST [/PREFIX]/records             BuildRecords pushed by builds (analytics/publish.py):
+                                       zlib-compressed (Content-Encoding: deflate) or plain
+                                       JSON {"records": [document, ...]}; each is checked,
+                                       kept once per invocation uuid, in an append-only
+                                       SQLite beside the store (RECORDS_FILE), trimmed to the
+                                       newest MAX_RECORDS and to ?retention_days=N
+    GET [/PREFIX]/records?after=N&limit=M  {"entries": [{"id", "uuid", "z"}], "last": ID, "more": bool},
+                                       z the base64 of zlib(JSON document); ids only grow
     GET /status                        JSON figures
 
-Any prefix before ac/ or cas/ is accepted and ignored (bazel-remote does the same; Bazel puts
+Records are a write (the write token) and their GET a read, like /ac and /cas.
+Any prefix before ac/, cas/ or records is accepted and ignored (bazel-remote does the same; Bazel puts
 its instance name there). Every uploaded blob is verified with the store's digest function
 before it is stored, so a confused or hostile client cannot plant bytes under another
 digest. Large bodies never sit in memory: uploads stream to a file beside the store and enter
@@ -19,28 +28,46 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
-from base64 import b64decode
+import zlib
+from base64 import b64decode, b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any, Literal
+from urllib.parse import parse_qs
 
-from ciopt import CorruptBlobError, Store, StoreError, __version__, hash_bytes, hash_file
+from ciopt import (
+    CorruptBlobError,
+    Store,
+    StoreError,
+    __version__,
+    hash_bytes,
+    hash_file,
+)
 
-__all__ = ["CacheServer", "Tokens"]
+__all__ = ["CacheServer", "RecordsLog", "Tokens"]
 
 log = logging.getLogger("ciopt.cache.server")
 
 _PATH = re.compile(r"^(?:/[^?#]*)?/(ac|cas)/([0-9a-f]{64})$")
+_RECORDS_PATH = re.compile(r"^(?:/[^?#]*)?/records/?$")
+RECORDS_FILE = "served-records.sqlite"
+# A POST /records body (compressed) and what it may expand to: a build pushes its record and
+# at most 20 left behind, a 200-action record is 3-8 KB compressed and ~60 KB of JSON.
+RECORDS_BODY_MAX = 16 * 1024 * 1024
+RECORDS_JSON_MAX = 64 * 1024 * 1024
+RECORDS_PAGE_MAX = 500
 CHUNK = 1024 * 1024
 # Bodies up to this size are handled in memory; larger ones stream through a file. The store
 # keeps blobs up to 1 MiB inside LMDB and larger ones as files, so this matches its own split.
@@ -120,6 +147,79 @@ class _Counters:
             return dict(self._values)
 
 
+class RecordsLog:
+    """The records endpoint's storage: an append-only SQLite table beside the served store,
+    one row per invocation uuid, ids in arrival order (AUTOINCREMENT: never reused, so a
+    puller's cursor stays valid after trimming)."""
+
+    def __init__(self, path: Path, max_records: int | None = None) -> None:
+        from ciopt.analytics.exchange import MAX_RECORDS
+
+        self.path = path
+        self.max_records = max_records or MAX_RECORDS
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:  # on first use: a cache nobody pushes records to has no such file
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                       "uuid TEXT NOT NULL UNIQUE, received_at REAL NOT NULL, z BLOB NOT NULL)")
+            self._db = db
+        return self._db
+
+    def add(self, documents: list[dict[str, Any]], retention_days: float | None) -> dict[str, Any]:
+        from ciopt.analytics.exchange import pack
+
+        packed = [pack(d) for d in documents]
+        now = time.time()
+        with self._lock:
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                added, ids = 0, []
+                for uuid, z in packed:
+                    cur = db.execute("INSERT OR IGNORE INTO records (uuid, received_at, z) VALUES (?, ?, ?)",
+                                     (uuid, now, z))
+                    if cur.rowcount:
+                        added += 1
+                        ids.append(cur.lastrowid)
+                db.execute("DELETE FROM records WHERE id <= (SELECT id FROM records ORDER BY id DESC "
+                           "LIMIT 1 OFFSET ?)", (self.max_records,))
+                if retention_days is not None:
+                    db.execute("DELETE FROM records WHERE received_at < ?", (now - retention_days * 86400,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return {"added": added, "duplicates": len(packed) - added, "ids": ids}
+
+    def page(self, after: int, limit: int) -> dict[str, Any]:
+        with self._lock:
+            if self._db is None and not self.path.exists():
+                return {"entries": [], "last": after, "more": False}
+            rows = self._open().execute("SELECT id, uuid, z FROM records WHERE id > ? ORDER BY id LIMIT ?",
+                                        (after, limit + 1)).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"entries": [{"id": i, "uuid": u, "z": b64encode(z).decode("ascii")} for i, u, z in rows],
+                "last": rows[-1][0] if rows else after, "more": more}
+
+    def count(self) -> int:
+        with self._lock:
+            if self._db is None and not self.path.exists():
+                return 0
+            return int(self._open().execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     # The stdlib default of 5 drops bursts of parallel HEADs from a build's find_missing.
@@ -149,6 +249,7 @@ class CacheServer:
         self.incoming = Path(store.path) / "incoming"
         shutil.rmtree(self.incoming, ignore_errors=True)  # leftovers of a killed server
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.records = RecordsLog(Path(store.path) / RECORDS_FILE)
         cls = _HTTPServer6 if ":" in host else _HTTPServer
         self.httpd = cls((host, port), _Handler)
         self.httpd.cache = self
@@ -177,6 +278,7 @@ class CacheServer:
             self._gc_wake.set()
             self._gc_thread.join(timeout=30)
             self.httpd.server_close()
+            self.records.close()
             self.store.sync()
 
     def shutdown(self) -> None:
@@ -201,6 +303,8 @@ class CacheServer:
             "unauthorized": c.get("unauthorized", 0),
             "errors": c.get("errors", 0),
             "corrupt_blobs_dropped": c.get("corrupt", 0),
+            "records": {"received": c.get("records_received", 0), "added": c.get("records_added", 0),
+                        "served": c.get("records_served", 0)},
             "ac": {k: c.get(f"ac_{k}", 0) for k in ("hits", "misses", "puts")},
             "cas": {k: c.get(f"cas_{k}", 0) for k in ("hits", "misses", "puts")},
             "gc": {"runs": c.get("gc_runs", 0), "evicted": c.get("gc_evicted", 0),
@@ -274,7 +378,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("PUT")
 
     def do_POST(self) -> None:
-        self._refuse_method()
+        if _RECORDS_PATH.match(self.path.split("?", 1)[0]):
+            self._dispatch("POST")
+        else:
+            self._refuse_method()
 
     def do_DELETE(self) -> None:
         self._refuse_method()
@@ -291,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         self._answered = False
         path = self.path.split("?", 1)[0]
-        write = method == "PUT"
+        write = method in ("PUT", "POST")
         verdict = self.cache.tokens.check(self.headers.get("Authorization"), write)
         if verdict != "ok":
             self.cache.counters.add(unauthorized=1)
@@ -306,6 +413,9 @@ class _Handler(BaseHTTPRequestHandler):
             if path.rstrip("/") == "/status" and method in ("GET", "HEAD"):
                 self._status(method)
                 return
+            if _RECORDS_PATH.match(path) and method in ("GET", "POST"):
+                self._post_records() if method == "POST" else self._get_records()
+                return
             m = _PATH.match(path)
             if m is None:
                 self._discard_body()
@@ -317,7 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
             handler(key)
         except (ConnectionError, TimeoutError):
             raise  # the client went away: nobody to answer
-        except (StoreError, OSError) as e:
+        except (StoreError, OSError, sqlite3.Error) as e:
             self.cache.counters.add(errors=1)
             log.error("%s %s: %s", method, path, e)
             self.close_connection = True
@@ -454,6 +564,45 @@ class _Handler(BaseHTTPRequestHandler):
         cache.note_write(nbytes)
         self._text(HTTPStatus.OK, "")
 
+    # -- /records ----------------------------------------------------------------------------
+
+    def _post_records(self) -> None:
+        length = self._content_length()
+        if length is not None and length > RECORDS_BODY_MAX:
+            self._discard_body()
+            self._text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a records body is limited to {RECORDS_BODY_MAX} bytes")
+            return
+        body = self._read_small_body(RECORDS_BODY_MAX)
+        if body is None:
+            self._text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a records body is limited to {RECORDS_BODY_MAX} bytes")
+            return
+        documents, problem = _records_body(body, self.headers.get("Content-Encoding", ""))
+        if problem is not None:
+            self.cache.counters.add(rejected_puts=1)
+            self._text(HTTPStatus.BAD_REQUEST, problem)
+            return
+        retention = _query_number(self.path, "retention_days")
+        result = self.cache.records.add(documents, retention if retention and retention > 0 else None)
+        self.cache.counters.add(records_received=len(documents), records_added=result["added"],
+                                bytes_received=len(body))
+        self._json(result)
+
+    def _get_records(self) -> None:
+        after = _query_number(self.path, "after") or 0
+        limit = _query_number(self.path, "limit") or 200
+        page = self.cache.records.page(int(after), max(1, min(RECORDS_PAGE_MAX, int(limit))))
+        self.cache.counters.add(records_served=len(page["entries"]))
+        self._json(page)
+
+    def _json(self, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.cache.counters.add(bytes_served=len(body))
+
     # -- /status -----------------------------------------------------------------------------
 
     def _status(self, method: str) -> None:
@@ -587,6 +736,47 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_error(self, format: str, *args: Any) -> None:
         log.warning("%s %s", self.address_string(), format % args)
+
+
+def _records_body(body: bytes, encoding: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The record documents of a POST /records body, or why it is refused."""
+    from ciopt.analytics.exchange import _problem
+
+    if encoding.strip().lower() in ("deflate", "zlib"):
+        inflater = zlib.decompressobj()
+        try:
+            body = inflater.decompress(body, RECORDS_JSON_MAX)
+        except zlib.error as e:
+            return [], f"Content-Encoding deflate: not zlib data: {e}"
+        if inflater.unconsumed_tail:
+            return [], f"the records expand to more than {RECORDS_JSON_MAX} bytes"
+    elif encoding.strip() not in ("", "identity"):
+        return [], f"unsupported Content-Encoding {encoding!r} (deflate or none)"
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        return [], f"not JSON: {e}"
+    documents = doc.get("records") if isinstance(doc, dict) and "records" in doc else [doc]
+    if not isinstance(documents, list):
+        return [], "'records' must be a list of record documents"
+    for n, d in enumerate(documents):
+        problem = _problem(d)
+        if problem is not None:
+            return [], f"records[{n}]: {problem}"
+    return documents, None
+
+
+def _query_number(path: str, name: str) -> float | None:
+    values = parse_qs(path.partition("?")[2]).get(name)
+    if not values:
+        return None
+    try:
+        n = float(values[-1])
+    except ValueError:
+        raise _BadRequest(f"?{name}= must be a number, not {values[-1]!r}") from None
+    if not math.isfinite(n) or n < 0:
+        raise _BadRequest(f"?{name}= must be a finite number >= 0, not {values[-1]!r}")
+    return n
 
 
 class _BadRequest(Exception):

@@ -395,8 +395,19 @@ class RemoteTier:
             self.warn(f"remote cache upload skipped: {e}")
 
     def close(self) -> None:
-        """Flush queued uploads within flush_timeout_s, then drop the rest with a warning."""
-        worker = self._worker
+        """Flush queued uploads within flush_timeout_s, then drop the rest with a warning, and
+        close the backend's connections."""
+        self.flush()
+        try:
+            self.backend.close()
+        except BackendError:
+            pass
+
+    def flush(self) -> None:
+        """Flush queued uploads within flush_timeout_s, then drop the rest with a warning. The
+        backend's connections stay open: the build pushes its record over them (analytics/
+        publish.py) before close()."""
+        worker, self._worker = self._worker, None
         if worker is not None:
             try:
                 self._queue.put(None, timeout=self.flush_timeout_s)
@@ -408,10 +419,6 @@ class RemoteTier:
                 self.stats.dropped += left
                 self.warn(f"remote cache: {left} uploads still pending after {self.flush_timeout_s:g} s; "
                           "dropped (the next run uploads them)")
-        try:
-            self.backend.close()
-        except BackendError:
-            pass
 
 
 HISTORY_FILE = "remote-tier.jsonl"

@@ -164,6 +164,14 @@ def history(records: Path, mnemonics: set[str]) -> dict[str, float]:
 # -- figures ------------------------------------------------------------------------------------
 
 
+# Not analytics/metrics.py's time_saved / cache_hit_rate: those add up columns stored per
+# invocation (saved_cache_s, actions_cached_*) over a window of records, where this summary
+# describes one build item by item, often from a `-o json` document that has no record yet,
+# counts the items with no known duration, falls back on a cached test's per-case durations,
+# and gives the remote tier's rate over the lookups that reached it (metrics: over all). The
+# past durations do come from the records' own query (records.last_durations, history() above).
+
+
 def _saved(items: list[Item], past: Mapping[str, float]) -> Saved:
     saved = Saved(total=len(items))
     for i in items:

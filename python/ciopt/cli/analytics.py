@@ -205,7 +205,8 @@ def import_(files: tuple[Path, ...], baseline: bool, branch: str | None, commit:
 
 @analytics.command()
 @click.option("--from", "sources", multiple=True, metavar="URL",
-              help="A Redis server to pull from (repeatable); default: the Redis URLs of cache.remote.url.")
+              help="A Redis server or a `ciopt cache serve` URL to pull from (repeatable); default: the Redis URLs "
+                   "of cache.remote.url, else its first http(s) one.")
 @click.option("--from-start", is_flag=True, help="Read the whole stream again (duplicates are still skipped).")
 @records_option
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -214,7 +215,7 @@ def pull(sources: tuple[str, ...], from_start: bool, records_path: Path | None, 
     """Merge the records that runners pushed to the shared cache into the local records.
 
     Runners push each invocation's record when `analytics.enabled` is true and
-    `cache.remote.url` names a Redis server. Pull where the dashboard is made (a nightly job,
+    `cache.remote.url` names a Redis server or `ciopt cache serve`. Pull where the dashboard is made (a nightly job,
     a developer machine): only entries not pulled before are read, each invocation is added
     once (by its id), and records older than analytics.retention_days are left out.
 
@@ -228,9 +229,11 @@ def pull(sources: tuple[str, ...], from_start: bool, records_path: Path | None, 
     urls = list(sources)
     if not urls and cfg is not None:
         urls = [u for u in cfg.cache.remote.urls if u.split("://", 1)[0].lower() in ("redis", "rediss", "unix")]
+        # With no Redis server, the HTTP cache: `ciopt cache serve` keeps records (POST/GET /records).
+        urls = urls or [u for u in cfg.cache.remote.urls if u.split("://", 1)[0].lower() in ("http", "https")][:1]
     if not urls:
-        fail("nothing to pull from: cache.remote.url names no Redis server (records travel through Redis); "
-             "give --from redis://HOST:PORT/DB")
+        fail("nothing to pull from: cache.remote.url names no Redis server and no HTTP cache (records travel "
+             "through Redis or `ciopt cache serve`); give --from redis://HOST:PORT/DB or --from http://HOST:PORT")
     timeout = cfg.cache.remote.timeout_s if cfg is not None else 5.0
     retention = cfg.analytics.retention_days if cfg is not None else DEFAULT_RETENTION_DAYS
     results, failed = [], []

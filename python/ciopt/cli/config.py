@@ -10,7 +10,8 @@ import click
 
 from ciopt.cli.errors import EXIT_USAGE, exit_with, fail
 from ciopt.cli.output import emit_json, output_option
-from ciopt.config import CONFIG_RELPATH, Config, ConfigError, load_config, validate_file
+from ciopt.cli.config_here import load_reporting
+from ciopt.config import CONFIG_RELPATH, Config, validate_file
 from ciopt.size import format_size
 from ciopt.errors import UserError
 from ciopt.workspace_root import WorkspaceNotFound, find_workspace_root
@@ -69,12 +70,7 @@ def show(output: str) -> None:
         root = find_workspace_root(cwd)
     except WorkspaceNotFound:
         root = cwd  # showing the defaults needs no workspace
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        fail(str(e))
-    for warning in cfg.warnings:
-        click.echo(f"ciopt: warning: {warning}", err=True)
+    cfg = load_reporting(root)
 
     values = cfg.flat()
     python, python_error = _python(root, cfg)

@@ -12,12 +12,8 @@ from ciopt.config import Config, ConfigError, load_config
 from ciopt.workspace_root import WorkspaceNotFound, find_workspace_root
 
 
-def config_here() -> Config | None:
-    """None outside a workspace; a broken configuration file is a one-line error (exit 2)."""
-    try:
-        root = find_workspace_root(Path.cwd())
-    except WorkspaceNotFound:
-        return None
+def load_reporting(root: Path) -> Config:
+    """The configuration of `root`; a broken file is a one-line error (exit 2), warnings go to stderr."""
     try:
         cfg = load_config(root)
     except ConfigError as e:
@@ -27,4 +23,13 @@ def config_here() -> Config | None:
     return cfg
 
 
-__all__ = ["config_here"]
+def config_here() -> Config | None:
+    """None outside a workspace; a broken configuration file is a one-line error (exit 2)."""
+    try:
+        root = find_workspace_root(Path.cwd())
+    except WorkspaceNotFound:
+        return None
+    return load_reporting(root)
+
+
+__all__ = ["config_here", "load_reporting"]
