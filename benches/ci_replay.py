@@ -16,7 +16,10 @@ directories, one after the other (the order flips every commit so that drift hit
 
 The ciopt runner's only memory is one shared cache that lives across commits: a `ciopt cache
 serve` process (backend "serve") and, as a second run of the ciopt side over the same commits, a
-real redis-server (backend "redis"; the baseline figures are reused). Both runners clone from the
+real redis-server (backend "redis"; the baseline figures are reused). The Redis run leaves
+selection off (`--redis-selection` turns it on): every test file then runs or comes from the
+cache, which is where the test cache hit rate is measured; with selection, a test whose inputs
+did not change is skipped before the cache is asked. Both runners clone from the
 local mirror of the repository and install from the same wheelhouse (`pip download`, built once),
 so installs are repeatable and equal for both sides.
 
@@ -98,8 +101,10 @@ class ReplayRepo:
 REPOS: dict[str, ReplayRepo] = {r.name: r for r in (
     # CI: tox, the wheel + dependency group `tests` (pytest). 34 test files; `import click` loads
     # every module, so a source change affects every test: the hard case for selection.
+    # pytest as uv.lock pins it over the whole range: pytest 9.2 refuses the non-Collection
+    # parametrize arguments of the older commits at collection, so the suite would not even run.
     ReplayRepo("click", "pallets/click", "2c8cd3ac958a7eb316d67f2d316c27086c4c0369",
-               ("-e", ".", PYTEST), ("pyproject.toml",), "src-layout, 34 test files, ~2,000 tests"),
+               ("-e", ".", "pytest==9.0.2"), ("pyproject.toml",), "src-layout, 34 test files, ~2,000 tests"),
     # CI: `pip install --editable .`, then unittest; pytest collects the same classes. Two big test
     # files (~30 s), one module holding most of the code.
     # CI: tox, the wheel + dependency group `tests` (pytest, pytest-timeout, trio). 22 test files
@@ -280,9 +285,9 @@ def ciopt_env(src: Path, store: Path, config: Path) -> dict[str, str]:
     return env
 
 
-def ciopt_test(src: Path, env: dict[str, str], since: str) -> tuple[Ran, dict[str, Any]]:
-    r = execute([CIOPT, "test", "//...", "-j", JOBS, "--affected-since", since, "--no-progress", "-o", "json"],
-                src, env)
+def ciopt_test(src: Path, env: dict[str, str], since: str | None) -> tuple[Ran, dict[str, Any]]:
+    select = ["--affected-since", since] if since else []
+    r = execute([CIOPT, "test", "//...", "-j", JOBS, *select, "--no-progress", "-o", "json"], src, env)
     try:
         doc = json.loads(r.out) if r.out.strip() else {}
     except json.JSONDecodeError:
@@ -318,7 +323,7 @@ def test_figures(doc: dict[str, Any]) -> dict[str, Any]:
             "failed_files": sorted(f for f, s in files.items() if s == "failed")}
 
 
-def ciopt_runner(repo: ReplayRepo, work: Path, commit: str, since: str, url: str,
+def ciopt_runner(repo: ReplayRepo, work: Path, commit: str, since: str | None, url: str,
                  snapshot: str) -> dict[str, Any]:
     src, store = work / "src", work / "store"
     clone_s = fresh_clone(repo, src, commit)
@@ -439,7 +444,8 @@ def mutation_check(repo: ReplayRepo, scratch: Path, commit: str, prev: str, url:
 
 
 def replay(repo: ReplayRepo, commits: list[tuple[str, str, str]], scratch: Path, backend: str,
-           with_baseline: bool, mutations: int, baselines: dict[str, dict[str, Any]]) -> None:
+           with_baseline: bool, mutations: int, baselines: dict[str, dict[str, Any]],
+           selection: bool = True) -> None:
     server = CacheServer(backend, scratch / f"server-{backend}")
     known_passed: set[str] = set()
     mutated_left = mutations
@@ -447,13 +453,14 @@ def replay(repo: ReplayRepo, commits: list[tuple[str, str, str]], scratch: Path,
     try:
         for i, (commit, prev, subject) in enumerate(commits):
             row: dict[str, Any] = {"phase": "replay", "repo": repo.name, "backend": backend, "index": i,
-                                   "commit": commit, "prev": prev, "subject": subject}
+                                   "commit": commit, "prev": prev, "subject": subject, "selection": selection}
             sides = ["baseline", "ciopt"] if i % 2 == 0 else ["ciopt", "baseline"]
             for side in sides:
                 if side == "baseline" and with_baseline:
                     row["baseline"] = baseline_runner(repo, scratch / "baseline", commit)
                 elif side == "ciopt":
-                    row["ciopt"] = ciopt_runner(repo, scratch / "ciopt", commit, prev, server.url, f"venv-{repo.name}")
+                    row["ciopt"] = ciopt_runner(repo, scratch / "ciopt", commit, prev if selection else None,
+                                                server.url, f"venv-{repo.name}")
             base = row.get("baseline") or baselines.get(commit)
             if base is not None:
                 row.setdefault("baseline_ref", "reused" if "baseline" not in row else "run")
@@ -526,18 +533,21 @@ def replay_concurrently(repo: ReplayRepo, commits: list[tuple[str, str, str]], s
 # --- setup and main ------------------------------------------------------------------------------
 
 def wheelhouse(repos: list[ReplayRepo]) -> None:
-    """Every wheel the installs need, downloaded once (pip's isolated builds included)."""
-    reqs = {PYTEST, "flit_core>=3.2,<4", "setuptools", "wheel"}
-    for r in repos:
-        reqs.update(a for a in r.install if a not in ("-e", "."))
-    marker = WHEELHOUSE / ".done"
-    if marker.exists() and set(marker.read_text().splitlines()) >= reqs:
-        return
-    log(f"building the wheelhouse in {WHEELHOUSE} (pip download, one time)")
+    """Every wheel the installs need, downloaded once (pip's isolated builds included); one pip
+    download per repository, since two may pin different versions of the same package."""
     WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-    must(execute([sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELHOUSE), *sorted(reqs)], REPO),
-         "pip download")
-    marker.write_text("\n".join(sorted(reqs | set(marker.read_text().splitlines() if marker.exists() else []))) + "\n")
+    marker = WHEELHOUSE / ".done"
+    done = set(marker.read_text().splitlines()) if marker.exists() else set()
+    for r in repos:
+        reqs = sorted({"flit_core>=3.2,<4", "setuptools", "wheel", *(a for a in r.install if a not in ("-e", "."))})
+        line = " ".join(reqs)
+        if line in done:
+            continue
+        log(f"wheelhouse {WHEELHOUSE}: pip download {line} (one time)")
+        must(execute([sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELHOUSE), *reqs], REPO),
+             "pip download")
+        done.add(line)
+        marker.write_text("\n".join(sorted(done)) + "\n")
 
 
 def read_rows(repo: str) -> list[dict[str, Any]]:
@@ -579,9 +589,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo", default=",".join(REPOS), help=f"comma-separated, of {', '.join(REPOS)}")
     ap.add_argument("--commits", type=int, default=50, help="first-parent commits replayed per repository")
     ap.add_argument("--mutations", type=int, default=20, help="commits given a mutant (missed-failure check)")
-    ap.add_argument("--backends", default="serve,redis", help="shared caches: serve (with baseline), redis")
+    ap.add_argument("--backends", default="serve,redis",
+                    help="shared caches replayed, in order: serve (with the baseline runner), redis "
+                         "(ciopt side only; baselines from this run or, with --keep-rows, the saved rows); "
+                         "'' for none")
     ap.add_argument("--redis-commits", type=int, default=0, help="commits of the Redis run (0: all)")
+    ap.add_argument("--redis-selection", action=argparse.BooleanOptionalAction, default=False,
+                    help="--affected-since in the Redis run too (default: off, so that every test "
+                         "file runs or is a cache hit: the test cache hit rate is measured there)")
     ap.add_argument("--concurrent", type=int, default=8, help="commits replayed by the parallel runners (0: none)")
+    ap.add_argument("--concurrent-start", type=int, default=None,
+                    help="index of the first commit the parallel runners replay (default: the last --concurrent)")
     ap.add_argument("--runners", type=int, default=4)
     ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ciopt-replay",
                     help="where runners live (outside this checkout: pytest must not find its pyproject.toml)")
@@ -612,14 +630,18 @@ def main(argv: list[str] | None = None) -> int:
         commits = commit_range(repo, args.commits)
         scratch = args.scratch / repo.name
         log(f"{repo.name}: {len(commits)} commits {commits[0][1][:10]}..{commits[-1][0][:10]} ({repo.shape})")
-        baselines: dict[str, dict[str, Any]] = {}
+        # With --keep-rows, a later process can run the Redis or concurrent phase against the
+        # baselines an earlier (or still running) replay recorded.
+        baselines = {r["commit"]: r["baseline"] for r in read_rows(repo.name) if r.get("baseline")}
         backends = [b for b in args.backends.split(",") if b]
         for backend in backends:
             span = commits if backend == "serve" or not args.redis_commits else commits[:args.redis_commits]
             replay(repo, span, scratch, backend, with_baseline=backend == "serve",
-                   mutations=args.mutations if backend == "serve" else 0, baselines=baselines)
+                   mutations=args.mutations if backend == "serve" else 0, baselines=baselines,
+                   selection=backend == "serve" or args.redis_selection)
         if args.concurrent:
-            replay_concurrently(repo, commits[-args.concurrent:], scratch, args.runners, baselines)
+            start = len(commits) - args.concurrent if args.concurrent_start is None else args.concurrent_start
+            replay_concurrently(repo, commits[start:start + args.concurrent], scratch, args.runners, baselines)
         shutil.rmtree(scratch, ignore_errors=True)
     report([r.name for r in REPOS.values()], machine)
     return 0

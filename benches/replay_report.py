@@ -84,7 +84,7 @@ def summarize(repo: str, rows: list[dict[str, Any]], pin: Mapping[str, str]) -> 
                 + r["ciopt"]["tests"].get("failed", 0) for r in conc)),
     }
     if redis:
-        out["redis"] = cut_figures(redis)
+        out["redis"] = {**cut_figures(redis), "selection": any(r.get("selection", True) for r in redis)}
     return out
 
 
@@ -109,7 +109,7 @@ def markdown(summaries: list[dict[str, Any]], rows_by_repo: Mapping[str, list[di
                      f"| {s['missed_failures']} / {s['mutations']} | {s['concurrent_errors']} ({s['concurrent_commits']} runs) |")
         if "redis" in s:
             r = s["redis"]
-            lines.append(f"| {s['repo']} (Redis) | | {r['commits']} | {_fmt(r['baseline_s'])} | {_fmt(r['ciopt_s'])} "
+            lines.append(f"| {s['repo']} (Redis{'' if r['selection'] else ', no selection'}) | | {r['commits']} | {_fmt(r['baseline_s'])} | {_fmt(r['ciopt_s'])} "
                          f"| {_fmt(r['time_cut'])} | {_fmt(r['median_time_cut'])} | {_fmt(r['dependency_hit_rate'])} "
                          f"| {_fmt(r['test_cache_hit_rate'])} ({r['test_cache_eligible']}) | {_fmt(r['action_cache_hit_rate'])} | | |")
     lines += ["", "Goals: " + "; ".join(f"{k} {v}" for k, v in GOALS.items()), ""]
