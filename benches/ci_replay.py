@@ -379,13 +379,20 @@ def commit_range(repo: ReplayRepo, count: int) -> list[tuple[str, str, str]]:
     return [(shas[i][0], shas[i - 1][0], shas[i][1]) for i in range(1, len(shas))]
 
 
+ROWS_PART = ""  # --rows-part: a phase run by a second process appends to its own file
+
+
 def rows_file(repo: str) -> Path:
-    return RESULTS / f"ci_replay-rows-{repo}.jsonl"
+    return RESULTS / f"ci_replay-rows-{repo}{'-' + ROWS_PART if ROWS_PART else ''}.jsonl"
 
 
 def emit(row: dict[str, Any]) -> None:
-    with rows_file(row["repo"]).open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    # One write() on an O_APPEND descriptor: a row is never split, whatever its size.
+    fd = os.open(rows_file(row["repo"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(row) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def log(msg: str) -> None:
@@ -445,13 +452,15 @@ def mutation_check(repo: ReplayRepo, scratch: Path, commit: str, prev: str, url:
 
 def replay(repo: ReplayRepo, commits: list[tuple[str, str, str]], scratch: Path, backend: str,
            with_baseline: bool, mutations: int, baselines: dict[str, dict[str, Any]],
-           selection: bool = True) -> None:
-    server = CacheServer(backend, scratch / f"server-{backend}")
+           selection: bool = True, until_mutated: bool = False) -> None:
+    server = CacheServer("serve" if backend.startswith("serve") else backend, scratch / f"server-{backend}")
     known_passed: set[str] = set()
     mutated_left = mutations
     after_mutation = False
     try:
         for i, (commit, prev, subject) in enumerate(commits):
+            if until_mutated and mutated_left == 0 and not after_mutation:
+                break  # the sample is complete, and the commit after the last mutant has run
             row: dict[str, Any] = {"phase": "replay", "repo": repo.name, "backend": backend, "index": i,
                                    "commit": commit, "prev": prev, "subject": subject, "selection": selection}
             sides = ["baseline", "ciopt"] if i % 2 == 0 else ["ciopt", "baseline"]
@@ -551,10 +560,11 @@ def wheelhouse(repos: list[ReplayRepo]) -> None:
 
 
 def read_rows(repo: str) -> list[dict[str, Any]]:
-    path = rows_file(repo)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for path in sorted(RESULTS.glob(f"ci_replay-rows-{repo}*.jsonl")):
+        if path.name == f"ci_replay-rows-{repo}.jsonl" or path.name.startswith(f"ci_replay-rows-{repo}-"):
+            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
 
 
 def report(repos: list[str], machine: dict[str, Any]) -> None:
@@ -601,15 +611,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrent-start", type=int, default=None,
                     help="index of the first commit the parallel runners replay (default: the last --concurrent)")
     ap.add_argument("--runners", type=int, default=4)
+    ap.add_argument("--extra-mutations", type=int, default=0,
+                    help="mutants from source-changing commits before the range (when the range has "
+                         "too few), replayed with their baselines as backend serve-extra")
+    ap.add_argument("--extra-mutations-window", type=int, default=60,
+                    help="first-parent commits before the range searched for --extra-mutations")
     ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ciopt-replay",
                     help="where runners live (outside this checkout: pytest must not find its pyproject.toml)")
     ap.add_argument("--ciopt", default=str(harness.CIOPT_CLI),
                     help="the ciopt executable the runners use (a frozen copy keeps edits made while a "
                          "long replay runs out of it)")
+    ap.add_argument("--rows-part", default="",
+                    help="append rows to ci_replay-rows-<repo>-PART.jsonl (a phase run beside another "
+                         "process of the same repository); every part is read for the report")
     ap.add_argument("--report-only", action="store_true", help="rebuild the outputs from the saved rows")
     ap.add_argument("--keep-rows", action="store_true", help="append to the saved rows instead of starting over")
     args = ap.parse_args(argv)
     globals()["CIOPT"] = args.ciopt
+    globals()["ROWS_PART"] = args.rows_part
     try:
         repos = [REPOS[n] for n in args.repo.split(",") if n]
     except KeyError as e:
@@ -626,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     wheelhouse(repos)
     for repo in repos:
         if not args.keep_rows:
-            rows_file(repo.name).unlink(missing_ok=True)
+            for path in RESULTS.glob(f"ci_replay-rows-{repo.name}*.jsonl"):
+                if path.name == f"ci_replay-rows-{repo.name}.jsonl" or path.name.startswith(f"ci_replay-rows-{repo.name}-"):
+                    path.unlink()
         commits = commit_range(repo, args.commits)
         scratch = args.scratch / repo.name
         log(f"{repo.name}: {len(commits)} commits {commits[0][1][:10]}..{commits[-1][0][:10]} ({repo.shape})")
@@ -639,6 +660,15 @@ def main(argv: list[str] | None = None) -> int:
             replay(repo, span, scratch, backend, with_baseline=backend == "serve",
                    mutations=args.mutations if backend == "serve" else 0, baselines=baselines,
                    selection=backend == "serve" or args.redis_selection)
+        if args.extra_mutations:
+            # More mutants than the range has source commits: commits that change Python source
+            # from before the range, each after its own parent, over a cache of their own.
+            older = commit_range(repo, args.commits + args.extra_mutations_window)[:-len(commits)]
+            mirror = CORPUS / f"replay-{repo.name}.git"
+            picked = [c for c in older if replay_mutation.changed_source_lines(mirror, c[1], c[0])]
+            log(f"{repo.name}: extra mutation sample from {len(picked)} source commits before the range")
+            replay(repo, picked[-args.extra_mutations * 2:], scratch, "serve-extra", with_baseline=True,
+                   mutations=args.extra_mutations, baselines={}, until_mutated=True)
         if args.concurrent:
             start = len(commits) - args.concurrent if args.concurrent_start is None else args.concurrent_start
             replay_concurrently(repo, commits[start:start + args.concurrent], scratch, args.runners, baselines)

@@ -25,6 +25,22 @@ def _ratio(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
+# A file that failed at baseline, by what ciopt did with it: a miss only when ciopt did not run it
+# (a cached pass, skipped as unaffected, absent); run and passed means the failure did not
+# reproduce (a flaky test: it may fail under ciopt at another commit), not that it was hidden.
+HIDDEN = ("cached", "skipped_unaffected", "other", None)
+
+
+def failure_check(baseline: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(hidden: baseline failures ciopt did not run; not_reproduced: ran and passed under ciopt)."""
+    if not baseline:
+        return [], []
+    failed = baseline["failed_files"]
+    files = ours.get("files", {})
+    return ([f for f in failed if files.get(f) in HIDDEN],
+            [f for f in failed if files.get(f) == "executed"])
+
+
 def side_total(row: Mapping[str, Any], side: str) -> float:
     return float(row[side]["total_s"]) if row.get(side) else 0.0
 
@@ -63,19 +79,30 @@ def summarize(repo: str, rows: list[dict[str, Any]], pin: Mapping[str, str]) -> 
             "test_files_run": ran,
             "test_files_cached": cached,
             "test_files_skipped_unaffected": skipped,
-            "unsafe": sum(len(r["ciopt"].get("unsafe", [])) for r in replay),
+            "hidden_failures": sum(len(failure_check(base_by_commit.get(r["commit"]), r["ciopt"])[0]) for r in replay),
+            "not_reproduced_failures": sum(len(failure_check(base_by_commit.get(r["commit"]), r["ciopt"])[1])
+                                           for r in replay),
+            "only_ciopt_failed": sum(1 for r in replay if r["commit"] in base_by_commit
+                                     for f in r["ciopt"]["failed_files"]
+                                     if base_by_commit[r["commit"]]["files"].get(f) != "failed"),
         }
 
-    mutated = [r["mutation"] for r in serve if r.get("mutation") and r["mutation"].get("mutant")]
+    extra = [r for r in rows if r["phase"] == "replay" and r["backend"] == "serve-extra"]
+    mutated = [r["mutation"] for r in serve + extra if r.get("mutation") and r["mutation"].get("mutant")]
+    hidden_in_mutants = [f for m in mutated for f in m["missed"] if m["missed_status"].get(f) in HIDDEN + ("absent",)]
     out: dict[str, Any] = {
         "repo": repo,
         "github": pin.get("github"),
         "range": pin.get("range"),
         **cut_figures(serve),
-        "missed_failures": sum(len(m["missed"]) for m in mutated),
+        "missed_failures": len(hidden_in_mutants),
+        "mutant_failures_not_reproduced": sum(len(m["missed"]) for m in mutated) - len(hidden_in_mutants),
+        "mutant_failing_files": sum(len(m["baseline_failed"]) for m in mutated),
         "mutations": len(mutated),
-        "mutation_attempts": sum(1 for r in serve if r.get("mutation")),
-        "mutation_poisoned_next": sum(1 for r in serve if r.get("after_mutation") and r["ciopt"].get("unsafe")),
+        "mutation_attempts": sum(1 for r in serve + extra if r.get("mutation")),
+        "mutation_poisoned_next": sum(1 for r in serve + extra if r.get("after_mutation")
+                                     and failure_check(r.get("baseline"), r["ciopt"])[0]),
+        "commits_after_mutation": sum(1 for r in serve + extra if r.get("after_mutation")),
         "concurrent_errors": sum(len(r["errors"]) for r in conc),
         "concurrent_commits": len(conc),
         "concurrent_action_cache_hit_rate": _ratio(
@@ -117,8 +144,9 @@ def markdown(summaries: list[dict[str, Any]], rows_by_repo: Mapping[str, list[di
         lines += [f"## {repo}: per commit", "",
                   "| # | commit | backend | baseline s (clone/install/test) | ciopt s (clone/deps/test) | deps | run/cached/skipped | failed files base/ciopt | note |",
                   "|---|---|---|---|---|---|---|---|---|"]
+        base_by_commit = {x["commit"]: x["baseline"] for x in rows if x.get("baseline")}
         for i, r in enumerate(x for x in rows if x["phase"] == "replay"):
-            b, c = r.get("baseline"), r["ciopt"]
+            b, c = r.get("baseline") or base_by_commit.get(r["commit"]), r["ciopt"]
             t = c["tests"]
             base = (f"{b['total_s']:.1f} ({b['clone_s']:.1f}/{b['install_s']:.1f}/{b['test_s']:.1f})" if b else "")
             dep_s = c["restore_s"] + c["install_s"] + c["save_s"]
@@ -130,8 +158,15 @@ def markdown(summaries: list[dict[str, Any]], rows_by_repo: Mapping[str, list[di
                 note.append(f"mutant {m['mutant']}: {len(m['baseline_failed'])} failing, missed {len(m['missed'])}")
             elif r.get("mutation"):
                 note.append("no failing mutant: " + r["mutation"].get("why", ""))
-            if c.get("unsafe"):
-                note.append("UNSAFE " + ", ".join(c["unsafe"]))
+            hidden, not_reproduced = failure_check(b, c)
+            if hidden:
+                note.append("HIDDEN FAILURE " + ", ".join(hidden))
+            if not_reproduced:
+                note.append("failed at baseline, ran and passed under ciopt (flaky): " + ", ".join(not_reproduced))
+            if b:
+                extra = [f for f in c["failed_files"] if b["files"].get(f) != "failed"]
+                if extra:
+                    note.append("failed only under ciopt: " + ", ".join(extra))
             if c.get("errors"):
                 note.append("errors: " + "; ".join(c["errors"])[:200])
             lines.append(f"| {i} | {r['commit'][:10]} | {r['backend']} | {base} "

@@ -538,3 +538,117 @@ def test_bazel_uses_serve_as_its_remote_cache(serve: ServeFactory, tmp_path: Pat
         assert server.status()["ac"]["hits"] == 2
     finally:
         subprocess.run([*startup, "shutdown"], cwd=ws, env=env, capture_output=True, timeout=120, check=False)
+
+
+# -- batch endpoints: POST /cas:missing and /cas:read ------------------------------------------
+
+
+def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/plain"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_serve_batch_endpoints_answer_like_one_request_per_blob(serve: ServeFactory) -> None:
+    server = serve()
+    blobs = [f"batch {i}".encode() * (i + 1) for i in range(40)] + [b"", os.urandom(3 * 1024 * 1024)]
+    present = [digest_of(x) for x in blobs]
+    absent = [digest_of(f"never stored {i}".encode()) for i in range(5)]
+    with backend(server.url) as b, backend(server.url) as per_blob:
+        per_blob._batch = False  # the fallback path: HEAD and GET per blob
+        b.put_blobs(list(zip(present, blobs, strict=True)))
+        asked = absent[:2] + present + absent[2:] + present[:3]
+        assert b.find_missing(asked) == per_blob.find_missing(asked) == absent
+        wanted = [absent[0], *present, present[1], absent[1]]
+        assert b.get_blobs(wanted) == per_blob.get_blobs(wanted) == [None, *blobs, blobs[1], None]
+        assert b._batch is True
+    # Each digest checked once by the batch and once by a HEAD.
+    status = server.status()
+    assert status["checks"] == len(set(asked)) * 2
+    # A digest whose size is wrong is not that blob: missing, and not served.
+    wrong_size = Digest(present[5].hash, present[5].size + 1)
+    with backend(server.url) as b:
+        assert b.find_missing([wrong_size, present[5]]) == [wrong_size]
+        assert b.get_blobs([wrong_size, present[5]]) == [None, blobs[5]]
+
+
+def test_serve_batch_splits_big_reads(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ciopt.cache.http_backend as hb
+
+    monkeypatch.setattr(hb, "_READ_BYTES_PER_REQUEST", 5000)
+    monkeypatch.setattr(hb, "_READ_PER_REQUEST", 7)
+    monkeypatch.setattr(hb, "_MISSING_PER_REQUEST", 9)
+    server = serve()
+    blobs = [os.urandom(1000 + i) for i in range(60)]
+    ds = [digest_of(x) for x in blobs]
+    with backend(server.url) as b:
+        b.put_blobs(list(zip(ds[:50], blobs[:50], strict=True)))
+        assert b.find_missing(ds) == ds[50:]
+        assert b.get_blobs(ds) == blobs[:50] + [None] * 10
+
+
+def test_nginx_falls_back_and_asks_the_batch_endpoint_once(nginx: Nginx) -> None:
+    blobs = [f"nginx batch {i}".encode() for i in range(10)]
+    ds = [digest_of(x) for x in blobs]
+    absent = digest_of(b"not there")
+    with backend(nginx.url("cache")) as b:
+        b.put_blobs(list(zip(ds, blobs, strict=True)))
+        for _ in range(3):
+            assert b.find_missing([absent, *ds]) == [absent]
+            assert b.get_blobs([*ds, absent]) == [*blobs, None]
+        assert b._batch is False
+    log = (nginx.dir / "access.log").read_text()
+    assert log.count("POST /cache/cas:") == 1, log
+
+
+def test_serve_batch_refuses_garbled_and_oversized_requests(serve: ServeFactory) -> None:
+    import ciopt.cache.server as srv
+
+    server = serve()
+    d = digest_of(b"x")
+    for body in (b"not a digest\n", d.hash.upper().encode() + b"/1\n", d.hash.encode() + b"/-1\n",
+                 d.hash.encode() + b"\n"):
+        for endpoint in ("cas:missing", "cas:read"):
+            code, answer = _post(f"{server.url}/{endpoint}", body)
+            assert code == 400, (endpoint, body, answer)
+    too_many = b"".join(f"{digest_of(str(i).encode()).hash}/1\n".encode() for i in range(srv.BATCH_DIGESTS_MAX + 1))
+    code, answer = _post(f"{server.url}/cas:missing", too_many)
+    assert code == 413 and b"100000 digests" in answer
+    too_big = f"{'ab' * 32}/{STREAM_THRESHOLD + 1}\n".encode()
+    assert _post(f"{server.url}/cas:read", too_big)[0] == 413
+    too_much = b"".join(f"{digest_of(str(i).encode()).hash}/{STREAM_THRESHOLD}\n".encode() for i in range(9))
+    code, answer = _post(f"{server.url}/cas:read", too_much)
+    assert code == 413 and b"split it" in answer
+    # The frame format, raw: `<hex> <size>` then the bytes, or `<hex> -1`.
+    with backend(server.url) as b:
+        b.put_blob(d, b"x")
+    missing = digest_of(b"y")
+    code, answer = _post(f"{server.url}/prefix/cas:read", f"{d}\n{missing}\n".encode())
+    assert code == 200 and answer == f"{d.hash} 1\nx{missing.hash} -1\n".encode()
+    assert _post(f"{server.url}/cas:missing", f"{d}\n{missing}\n".encode()) == (200, f"{missing}\n".encode())
+
+
+def test_serve_batch_endpoints_need_the_read_token(serve: ServeFactory) -> None:
+    server = serve(*TOKEN_ARGS, env=TOKENS_ENV)
+    d = digest_of(b"guarded batch")
+    with backend(server.url, {"CIOPT_CACHE_TOKEN": WRITE_TOKEN}) as writer:
+        writer.put_blob(d, b"guarded batch")
+    for token in (READ_TOKEN, WRITE_TOKEN):
+        with backend(server.url, {"CIOPT_CACHE_TOKEN": token}) as reader:
+            assert reader.find_missing([d, digest_of(b"no")]) == [digest_of(b"no")]
+            assert reader.get_blobs([d, digest_of(b"no")]) == [b"guarded batch", None]
+            assert reader._batch is True
+    for token in (None, "forged"):
+        for endpoint in ("cas:missing", "cas:read"):
+            assert _post(f"{server.url}/{endpoint}", f"{d}\n".encode(), token)[0] == 401
+        with backend(server.url, {"CIOPT_CACHE_TOKEN": token} if token else NO_AUTH) as anonymous:
+            with pytest.raises(BackendError, match=r"POST cas:missing: HTTP 401"):
+                anonymous.find_missing([d, digest_of(b"no")])
+            with pytest.raises(BackendError, match=r"POST cas:read: HTTP 401"):
+                anonymous.get_blobs([d, digest_of(b"no")])
+            assert anonymous._batch is None  # a refusal is not "no such endpoint"

@@ -22,7 +22,6 @@ flushed its uploads and before it closes. It never raises:
 from __future__ import annotations
 
 import sqlite3
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -48,7 +47,7 @@ def finish_invocation(config: Config, path: Path, invocation_id: int, result: Bu
                       warn: Callable[[str], None] | None = None, tier: RemoteTier | None = None) -> int:
     """Completes and (when configured) pushes the record of a finished invocation through the
     build's remote tier `tier`; returns how many records were pushed."""
-    say = warn or _warn_stderr
+    say = warn or records._warn_stderr
     if invocation_id == records.NO_INVOCATION:
         return 0
     url = push_url(config)
@@ -251,10 +250,3 @@ def _unmark(path: Path, ids: list[int]) -> None:
     except sqlite3.Error:
         pass  # they stay marked: the team misses them, the build does not fail
 
-
-def _warn_stderr(message: str) -> None:
-    try:
-        sys.stderr.write(f"ciopt: warning: {message}\n")
-        sys.stderr.flush()
-    except Exception:
-        pass

@@ -7,6 +7,12 @@
 Any server with that layout works: `ciopt cache serve`, bazel-remote, nginx with WebDAV PUT.
 404 means absent; every other failure is a one-line BackendError naming the server.
 
+`ciopt cache serve` also has two batch endpoints (cache/server.py), used when present:
+`POST <base>/cas:missing` (find_missing in one request instead of a HEAD per blob) and
+`POST <base>/cas:read` (small blobs in one framed answer instead of a GET each). A server that
+answers them 404/405/501 (nginx, bazel-remote) is asked once; from then on this backend uses
+HEAD and GET per blob.
+
 Standard library only: one keep-alive `http.client` connection per thread (a connection is not
 thread-safe, and opening one per request costs a round trip, or three with TLS), and a small
 pool of threads for the parallel HEADs of `find_missing` and the batch `get_blobs`/`put_blobs`.
@@ -31,7 +37,7 @@ from typing import IO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ciopt import Digest
-from ciopt.cache.backend import BackendError
+from ciopt.cache.backend import STREAM_THRESHOLD, BackendError
 
 __all__ = ["PASSWORD_ENV", "TOKEN_ENV", "USER_ENV", "HttpBackend"]
 
@@ -47,6 +53,14 @@ _ERROR_BODY_MAX = 64 * 1024
 # Failures that mean a kept-alive connection went stale (the server closed it while idle):
 # worth one retry on a fresh connection, since every method of this layout is idempotent.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# How the batch endpoints are split: digests per /cas:missing request (the server takes up to
+# 100,000), and digests and declared bytes per /cas:read request (the server's answers are
+# capped at 64 MiB); the pieces go out in parallel.
+_MISSING_PER_REQUEST = 20_000
+_READ_PER_REQUEST = 1_000
+_READ_BYTES_PER_REQUEST = 16 * 1024 * 1024
+# Answers meaning "no such endpoint here" (nginx, bazel-remote, older `ciopt cache serve`).
+_NO_ENDPOINT = (404, 405, 501)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -95,6 +109,8 @@ class HttpBackend:
         self._conns: list[_Conn] = []
         self._pool: ThreadPoolExecutor | None = None
         self._ssl = ssl.create_default_context() if self._https else None
+        # Whether the server has the batch endpoints: None until asked, then kept.
+        self._batch: bool | None = None
 
     # -- RemoteBackend ------------------------------------------------------------------------
 
@@ -106,6 +122,15 @@ class HttpBackend:
 
     def find_missing(self, digests: Sequence[Digest]) -> list[Digest]:
         unique = list(dict.fromkeys(digests))
+        if not unique:
+            return []
+        if self._batch is not False:
+            chunks = [unique[i:i + _MISSING_PER_REQUEST] for i in range(0, len(unique), _MISSING_PER_REQUEST)]
+            answers = self._map(self._batch_missing, chunks[:1])
+            if answers[0] is not None:
+                answers += self._map(self._batch_missing, chunks[1:])
+                missing = {d for a in answers for d in a or ()}
+                return [d for d in unique if d in missing]
         present = dict(zip(unique, self._map(self._head_cas, unique), strict=True))
         return [d for d in unique if not present[d]]
 
@@ -195,8 +220,31 @@ class HttpBackend:
     # -- BatchBackend (backend.py): the tiered cache uses these when a backend has them --------
 
     def get_blobs(self, digests: Sequence[Digest]) -> list[bytes | None]:
-        """Many blobs at once (in parallel), in the order asked; None for each absent one."""
-        return self._map(self.get_blob, list(digests))
+        """Many blobs at once (in parallel), in the order asked; None for each absent one.
+        Unverified, like get_blob: the caller checks every blob against its digest."""
+        digests = list(digests)
+        if self._batch is False or len(digests) <= 1:
+            return self._map(self.get_blob, digests)
+        small = list(dict.fromkeys(d for d in digests if d.size <= STREAM_THRESHOLD))
+        chunks: list[list[Digest]] = []
+        size = 0
+        for d in small:
+            if not chunks or len(chunks[-1]) >= _READ_PER_REQUEST or size + d.size > _READ_BYTES_PER_REQUEST:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(d)
+            size += d.size
+        got: dict[Digest, bytes | None] = {}
+        if chunks:
+            first = self._map(self._batch_read, chunks[:1])
+            if first[0] is None:  # no batch endpoint: one GET each
+                return self._map(self.get_blob, digests)
+            for chunk, datas in zip(chunks, first + self._map(self._batch_read, chunks[1:]), strict=True):
+                assert datas is not None
+                got.update(zip(chunk, datas, strict=True))
+        large = [d for d in dict.fromkeys(digests) if d not in got]
+        got.update(zip(large, self._map(self.get_blob, large), strict=True))
+        return [got[d] for d in digests]
 
     def put_blobs(self, items: Sequence[tuple[Digest, bytes]]) -> None:
         """Upload many blobs at once (in parallel)."""
@@ -231,6 +279,77 @@ class HttpBackend:
         if first_error is not None:
             raise first_error
         return results
+
+    @contextmanager
+    def _batch_post(self, rel: str, digests: Sequence[Digest]) -> Iterator[http.client.HTTPResponse | None]:
+        """POST digests (one `<hex>/<size>` a line) to a batch endpoint; yields its 200 answer,
+        or None (remembered) when the server has no such endpoint."""
+        body = "".join(f"{d}\n" for d in digests).encode("ascii")
+        headers = {"Content-Length": str(len(body)), "Content-Type": "text/plain; charset=utf-8"}
+        with self._exchange("POST", rel, body, headers) as resp:
+            if resp.status in _NO_ENDPOINT:
+                self._batch = False
+                yield None
+                return
+            self._expect(resp, "POST", rel, (200,))
+            self._batch = True
+            yield resp
+
+    def _batch_missing(self, digests: Sequence[Digest]) -> list[Digest] | None:
+        """The digests the server lacks (POST /cas:missing); None without the endpoint."""
+        rel = "/cas:missing"
+        with self._batch_post(rel, digests) as resp:
+            if resp is None:
+                return None
+            try:
+                text = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise self._error("POST", rel, _describe(e, self.timeout_s)) from None
+            asked = set(digests)
+            missing = []
+            for line in text.split(b"\n"):
+                if not line.strip():
+                    continue
+                try:
+                    d = Digest.parse(line.strip().decode("ascii"))
+                except (ValueError, UnicodeDecodeError):
+                    raise self._error("POST", rel, f"garbled answer line {line[:100]!r}") from None
+                if d not in asked:
+                    raise self._error("POST", rel, f"the answer names {d}, which was not asked")
+                missing.append(d)
+            return missing
+
+    def _batch_read(self, digests: Sequence[Digest]) -> list[bytes | None] | None:
+        """Small blobs (POST /cas:read), in the order asked, None for each absent one;
+        None without the endpoint. The bytes are not verified here (see get_blobs)."""
+        rel = "/cas:read"
+        with self._batch_post(rel, digests) as resp:
+            if resp is None:
+                return None
+            out: list[bytes | None] = []
+            try:
+                for d in digests:
+                    line = resp.readline(200)
+                    name, _, size_text = line.decode("ascii", "replace").strip().partition(" ")
+                    try:
+                        size = int(size_text)
+                    except ValueError:
+                        size = -2
+                    if name != d.hash or size < -1 or size > STREAM_THRESHOLD:
+                        what = "the answer was cut short" if not line else f"garbled frame header {line[:100]!r}"
+                        raise self._error("POST", rel, f"{what} (expected {d.hash[:12]}…)")
+                    if size == -1:
+                        out.append(None)
+                        continue
+                    data = resp.read(size)
+                    if len(data) != size:
+                        raise self._error("POST", rel, f"the answer was cut short ({size - len(data)} bytes missing)")
+                    out.append(data)  # a size other than d.size is caught by the caller's check
+                if resp.read(1):
+                    raise self._error("POST", rel, "more in the answer than was asked")
+            except (OSError, http.client.HTTPException) as e:
+                raise self._error("POST", rel, _describe(e, self.timeout_s)) from None
+            return out
 
     def _head_cas(self, digest: Digest) -> bool:
         rel = f"/cas/{digest.hash}"
@@ -371,7 +490,7 @@ class HttpBackend:
 
     def _error(self, method: str, rel: str, what: str) -> BackendError:
         namespace, _, key = rel.lstrip("/").partition("/")
-        short = f"{namespace}/{key[:12]}" + ("…" if len(key) > 12 else "")
+        short = f"{namespace}/{key[:12]}" + ("…" if len(key) > 12 else "") if key else namespace
         return BackendError(f"http {self.name}: {method} {short}: {what}")
 
 

@@ -13,10 +13,19 @@ share one cache.
                                        newest MAX_RECORDS and to ?retention_days=N
     GET [/PREFIX]/records?after=N&limit=M  {"entries": [{"id", "uuid", "z"}], "last": ID, "more": bool},
                                        z the base64 of zlib(JSON document); ids only grow
+    POST [/PREFIX]/cas:missing         FindMissingBlobs in one request: the body is digests, one
+                                       `<hex>/<size>` a line (at most BATCH_DIGESTS_MAX); the
+                                       answer (text/plain) the ones the store lacks, same format
+    POST [/PREFIX]/cas:read            BatchReadBlobs: the same body (each blob at most
+                                       STREAM_THRESHOLD, together at most BATCH_READ_BYTES_MAX);
+                                       the answer (application/octet-stream), for every digest
+                                       asked in order, a line `<hex> <size>` then its bytes, or
+                                       `<hex> -1` when absent
     GET /status                        JSON figures
 
-Records are a write (the write token) and their GET a read, like /ac and /cas.
-Any prefix before ac/, cas/ or records is accepted and ignored (bazel-remote does the same; Bazel puts
+Records are a write (the write token) and their GET a read, like /ac and /cas; the two batch
+POSTs are reads (the read token, like GET /cas).
+Any prefix before ac/, cas/, cas: or records is accepted and ignored (bazel-remote does the same; Bazel puts
 its instance name there). Every uploaded blob is verified with the store's digest function
 before it is stored, so a confused or hostile client cannot plant bytes under another
 digest. Large bodies never sit in memory: uploads stream to a file beside the store and enter
@@ -49,12 +58,14 @@ from urllib.parse import parse_qs
 
 from ciopt import (
     CorruptBlobError,
+    Digest,
     Store,
     StoreError,
     __version__,
     hash_bytes,
     hash_file,
 )
+from ciopt.cache.backend import STREAM_THRESHOLD
 
 __all__ = ["CacheServer", "RecordsLog", "Tokens"]
 
@@ -62,6 +73,13 @@ log = logging.getLogger("ciopt.cache.server")
 
 _PATH = re.compile(r"^(?:/[^?#]*)?/(ac|cas)/([0-9a-f]{64})$")
 _RECORDS_PATH = re.compile(r"^(?:/[^?#]*)?/records/?$")
+_BATCH_PATH = re.compile(r"^(?:/[^?#]*)?/cas:(missing|read)$")
+_BATCH_LINE = re.compile(rb"^([0-9a-f]{64})/([0-9]{1,19})$")
+# The batch endpoints' limits: digests per request (a line is at most 64 + 1 + 19 bytes and a
+# newline), and the bytes one /cas:read answer may carry (the client splits bigger asks).
+BATCH_DIGESTS_MAX = 100_000
+BATCH_BODY_MAX = BATCH_DIGESTS_MAX * 85
+BATCH_READ_BYTES_MAX = 64 * 1024 * 1024
 RECORDS_FILE = "served-records.sqlite"
 # A POST /records body (compressed) and what it may expand to: a build pushes its record and
 # at most 20 left behind, a 200-action record is 3-8 KB compressed and ~60 KB of JSON.
@@ -378,7 +396,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("PUT")
 
     def do_POST(self) -> None:
-        if _RECORDS_PATH.match(self.path.split("?", 1)[0]):
+        path = self.path.split("?", 1)[0]
+        if _RECORDS_PATH.match(path) or _BATCH_PATH.match(path):
             self._dispatch("POST")
         else:
             self._refuse_method()
@@ -398,7 +417,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         self._answered = False
         path = self.path.split("?", 1)[0]
-        write = method in ("PUT", "POST")
+        batch = _BATCH_PATH.match(path) if method == "POST" else None
+        # The batch POSTs only read: they need what GET /cas needs, no more.
+        write = method == "PUT" or (method == "POST" and batch is None)
         verdict = self.cache.tokens.check(self.headers.get("Authorization"), write)
         if verdict != "ok":
             self.cache.counters.add(unauthorized=1)
@@ -415,6 +436,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if _RECORDS_PATH.match(path) and method in ("GET", "POST"):
                 self._post_records() if method == "POST" else self._get_records()
+                return
+            if batch is not None:
+                self._batch_missing() if batch.group(1) == "missing" else self._batch_read()
                 return
             m = _PATH.match(path)
             if m is None:
@@ -563,6 +587,91 @@ class _Handler(BaseHTTPRequestHandler):
         cache.counters.add(cas_puts=1, bytes_received=nbytes)
         cache.note_write(nbytes)
         self._text(HTTPStatus.OK, "")
+
+    # -- batch CAS: POST /cas:missing and /cas:read ------------------------------------------
+
+    def _batch_digests(self) -> list[Digest] | None:
+        """The digests of a batch body (one `<hex>/<size>` a line); None once refused (413)."""
+        too_many = f"a batch is limited to {BATCH_DIGESTS_MAX} digests"
+        length = self._content_length()
+        if length is not None and length > BATCH_BODY_MAX:
+            self._discard_body()
+            self._text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_many)
+            return None
+        body = self._read_small_body(BATCH_BODY_MAX)
+        if body is None:
+            self._text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_many)
+            return None
+        lines = [line.strip() for line in body.split(b"\n")]
+        lines = [line for line in lines if line]
+        if len(lines) > BATCH_DIGESTS_MAX:
+            self._text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_many)
+            return None
+        digests = []
+        for n, line in enumerate(lines, 1):
+            m = _BATCH_LINE.match(line)
+            if m is None:
+                raise _BadRequest(f"line {n}: expected <hex>/<size> (64 lowercase hex digits), "
+                                  f"not {line[:100].decode('utf-8', 'replace')!r}")
+            digests.append(Digest(m.group(1).decode("ascii"), int(m.group(2))))
+        return digests
+
+    def _batch_missing(self) -> None:
+        digests = self._batch_digests()
+        if digests is None:
+            return
+        # find_missing also extends the life of the blobs present, as HEAD /cas does.
+        missing = self.cache.store.find_missing(digests) if digests else []
+        self.cache.counters.add(checks=len(digests))
+        body = "".join(f"{d}\n" for d in missing).encode("ascii")
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _batch_read(self) -> None:
+        digests = self._batch_digests()
+        if digests is None:
+            return
+        big = next((d for d in digests if d.size > STREAM_THRESHOLD), None)
+        if big is not None:
+            self._text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                       f"{big}: blobs over {STREAM_THRESHOLD} bytes are read with GET /cas/<hex>")
+            return
+        total = sum(d.size for d in digests)
+        if total > BATCH_READ_BYTES_MAX:
+            self._text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                       f"a /cas:read answer is limited to {BATCH_READ_BYTES_MAX} bytes ({total} asked): split it")
+            return
+        store = self.cache.store
+        keys = [d.hash for d in digests]
+        try:
+            datas = store.get_many(keys) if keys else []
+        except CorruptBlobError:  # one bad blob: the others are still good, one by one
+            datas = []
+            for k in keys:
+                try:
+                    datas.append(store.get(k))
+                except CorruptBlobError:
+                    self.cache.counters.add(corrupt=1)
+                    datas.append(None)
+        parts: list[bytes] = []
+        hits = served = 0
+        for d, data in zip(digests, datas):
+            if data is None or len(data) != d.size:  # a size that does not match: not that blob
+                parts.append(f"{d.hash} -1\n".encode("ascii"))
+                continue
+            parts += (f"{d.hash} {d.size}\n".encode("ascii"), data)
+            hits += 1
+            served += d.size
+        self.cache.counters.add(cas_hits=hits, cas_misses=len(digests) - hits, bytes_served=served)
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        body = b"".join(parts)  # one write: the socket is unbuffered and Nagle is off
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     # -- /records ----------------------------------------------------------------------------
 

@@ -38,17 +38,11 @@ def ci() -> None:
 
 
 def _workspace_config() -> tuple[Path, Config]:
-    from ciopt.config import ConfigError, load_config
+    from ciopt.cli.config_here import load_reporting
     from ciopt.workspace_root import find_workspace_root
 
     root = find_workspace_root(Path.cwd())
-    try:
-        cfg = load_config(root)
-    except ConfigError as e:
-        fail(str(e))
-    for warning in cfg.warnings:
-        click.echo(f"ciopt: warning: {warning}", err=True)
-    return root, cfg
+    return root, load_reporting(root)
 
 
 def _warn(message: str) -> None:
