@@ -634,7 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as e:
         ap.error(f"unknown repository {e}; choose from {', '.join(REPOS)}")
     machine = {**harness.machine_basics(), "ciopt": harness.tool_version([CIOPT, "--version"]),
-               "pytest": PYTEST.split("==")[1], "jobs": JOBS}
+               "pytest": ", ".join(f"{r.name} {a.split('==')[1]}" for r in REPOS.values() for a in r.install
+                                   if a.startswith("pytest==")),
+               "jobs": JOBS}
     if args.report_only:
         report([r.name for r in repos], machine)
         return 0

@@ -41,6 +41,13 @@ def failure_check(baseline: Mapping[str, Any] | None, ours: Mapping[str, Any]) -
             [f for f in failed if files.get(f) == "executed"])
 
 
+def concurrent_errors(row: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[str]:
+    ours = row["ciopt"]
+    return ([*ours.get("errors", []), *(f"cache warning: {w}" for w in ours.get("warnings", []))]
+            + [f"{f}: failed at baseline, hidden by ciopt ({ours['files'].get(f, 'absent')})"
+               for f in failure_check(baseline, ours)[0]])
+
+
 def side_total(row: Mapping[str, Any], side: str) -> float:
     return float(row[side]["total_s"]) if row.get(side) else 0.0
 
@@ -103,7 +110,11 @@ def summarize(repo: str, rows: list[dict[str, Any]], pin: Mapping[str, str]) -> 
         "mutation_poisoned_next": sum(1 for r in serve + extra if r.get("after_mutation")
                                      and failure_check(r.get("baseline"), r["ciopt"])[0]),
         "commits_after_mutation": sum(1 for r in serve + extra if r.get("after_mutation")),
-        "concurrent_errors": sum(len(r["errors"]) for r in conc),
+        # Recomputed from the rows: what the runner reported (a bad exit, a crash, a cache
+        # warning) and baseline failures ciopt hid; a flaky file that ran and passed is not one.
+        "concurrent_errors": sum(len(concurrent_errors(r, base_by_commit.get(r["commit"]))) for r in conc),
+        "concurrent_not_reproduced": sum(len(failure_check(base_by_commit.get(r["commit"]), r["ciopt"])[1])
+                                         for r in conc),
         "concurrent_commits": len(conc),
         "concurrent_action_cache_hit_rate": _ratio(
             sum(r["ciopt"]["tests"].get("cached", 0) for r in conc),
