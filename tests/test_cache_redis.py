@@ -221,9 +221,10 @@ def test_allkeys_lru_server_never_returns_wrong_bytes(start_redis: Servers) -> N
     for b in blobs:
         backend.put_blob(hash_bytes(b), b)
     got = [backend.get_blob(hash_bytes(b)) for b in blobs]
-    # Which keys go is the server's (sampled, approximate) LRU: only count them.
-    assert any(g is None for g in got)
-    assert any(g is not None for g in got)
+    # Which keys go is the server's (sampled, approximate) LRU, so which blobs survive whole
+    # varies from run to run (once, all five did): only that it evicted, and that every blob it
+    # answers is right.
+    assert raw(server).info("stats")["evicted_keys"] > 0
     assert all(g is None or g == b for g, b in zip(got, blobs))
 
 
