@@ -156,7 +156,11 @@ def markdown(summaries: list[dict[str, Any]], rows_by_repo: Mapping[str, list[di
                   "| # | commit | backend | baseline s (clone/install/test) | ciopt s (clone/deps/test) | deps | run/cached/skipped | failed files base/ciopt | note |",
                   "|---|---|---|---|---|---|---|---|---|"]
         base_by_commit = {x["commit"]: x["baseline"] for x in rows if x.get("baseline")}
-        for i, r in enumerate(x for x in rows if x["phase"] == "replay"):
+        order = {"serve": 0, "redis": 1, "serve-extra": 2}
+        replayed = sorted((x for x in rows if x["phase"] == "replay"),
+                          key=lambda x: (order.get(x["backend"], 3), x["index"]))
+        for r in replayed:
+            i = r["index"]
             b, c = r.get("baseline") or base_by_commit.get(r["commit"]), r["ciopt"]
             t = c["tests"]
             base = (f"{b['total_s']:.1f} ({b['clone_s']:.1f}/{b['install_s']:.1f}/{b['test_s']:.1f})" if b else "")
