@@ -45,6 +45,19 @@ warning from the cache, a per-file outcome that differs from the replay's baseli
 The runners live at different paths, so each keeps its own venv snapshot (a venv is not
 relocatable); test results are shared.
 
+The committed results (benches/results/, 2-core machine, about 2.5 hours, phases in parallel
+processes; `make bench-replay` runs the same phases one after another, with more mutants):
+  ci_replay.py --repo click --mutations 0 --backends serve --concurrent 0
+  ci_replay.py --repo click --backends redis --redis-commits 10 --concurrent 8 --concurrent-start 0 \
+      --keep-rows --rows-part redis --scratch /tmp/ciopt-replay-click2
+  ci_replay.py --repo jinja --redis-commits 20 --backends serve --concurrent 0
+  ci_replay.py --repo jinja --backends redis --redis-commits 20 --concurrent 8 --keep-rows --rows-part redis \
+      --scratch /tmp/ciopt-replay-jinja2
+  ci_replay.py --repo jinja --backends '' --concurrent 0 --extra-mutations 6 --keep-rows --rows-part mutations \
+      --scratch /tmp/ciopt-replay-jinja3
+(click's mutants fail all 2,000 of its tests and cost minutes each under load, so the final click
+run had none; jinja's range gave 15 and the commits before it 5 more.)
+
 Outputs: benches/results/ci_replay.{md,json,png}; raw rows in benches/results/ci_replay-rows-<repo>.jsonl
 (`--report-only` rebuilds the outputs from them). Timings are side by side on the same machine;
 the baseline includes the venv creation and pip install a fresh runner pays.
@@ -596,7 +609,8 @@ def report(repos: list[str], machine: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repo", default=",".join(REPOS), help=f"comma-separated, of {', '.join(REPOS)}")
+    ap.add_argument("--repo", default="click,jinja",
+                    help=f"comma-separated, of {', '.join(REPOS)} (default: the two the README reports)")
     ap.add_argument("--commits", type=int, default=50, help="first-parent commits replayed per repository")
     ap.add_argument("--mutations", type=int, default=20, help="commits given a mutant (missed-failure check)")
     ap.add_argument("--backends", default="serve,redis",
