@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,6 +53,19 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> b
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def http_request(url: str, method: str = "GET", body: bytes | None = None, token: str | None = None,
+                 headers: dict[str, str] | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    """(status, body) of one plain HTTP request; an error status is an answer, not an exception."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from buildws import make_workspace
 from conftest import CliRunner
-from http_servers import ServeFactory
+from http_servers import ServeFactory, http_request
 
 BUILD = {"a/BUILD": 'genrule(name = "x", outs = ["x.txt"], cmd = "echo x > $@")\n'
                     'genrule(name = "y", srcs = [":x"], outs = ["y.txt"], cmd = "cat $< > $@")\n'}
@@ -43,16 +41,7 @@ def doc(uuid: str, started: float) -> dict:
             "actions": {"columns": ["label", "status", "duration_s"], "rows": [["//a:b", "executed", 1.0]]}}
 
 
-def request(url: str, method: str = "GET", body: bytes | None = None, token: str | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+request = http_request
 
 
 def test_a_build_pushes_to_cache_serve_and_pull_merges_each_invocation_once(

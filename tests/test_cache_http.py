@@ -27,6 +27,7 @@ from ciopt.cache.http_backend import HttpBackend
 from buildws import write_big_file
 from conftest import assert_one_line_error
 from http_servers import (  # noqa: F401 - the fixtures are used by name
+    http_request,
     NGINX_PASSWORD,
     NGINX_TOKEN,
     NGINX_USER,
@@ -544,14 +545,7 @@ def test_bazel_uses_serve_as_its_remote_cache(serve: ServeFactory, tmp_path: Pat
 
 
 def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/plain"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return http_request(url, "POST", body, token, headers={"Content-Type": "text/plain"})
 
 
 def test_serve_batch_endpoints_answer_like_one_request_per_blob(serve: ServeFactory) -> None:
