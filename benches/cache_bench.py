@@ -192,7 +192,7 @@ class ServeServer(Server):
 
     kind = "serve"
 
-    def __init__(self, dir: Path) -> None:
+    def __init__(self, dir: Path, ciopt: str | Path = CIOPT_CLI) -> None:
         super().__init__(dir)
         self.store = dir / "store"
         env = {k: v for k, v in os.environ.items()
@@ -200,7 +200,7 @@ class ServeServer(Server):
         # cwd outside any workspace: the server must not pick up a configuration by accident.
         with open(dir / "serve.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [str(CIOPT_CLI), "cache", "serve", "--bind", "127.0.0.1:0", "--store", str(self.store),
+                [str(ciopt), "cache", "serve", "--bind", "127.0.0.1:0", "--store", str(self.store),
                  "--max-size", "20GiB"],
                 cwd=tempfile.gettempdir(), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=log, start_new_session=True)

@@ -70,8 +70,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cache_bench
 import harness
 import replay_mutation
 import replay_report
@@ -183,54 +182,16 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited {proc.returncode} at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on {port} within 30 s")
-
-
-class CacheServer:
-    """The shared cache every ciopt runner of one replay talks to: `ciopt cache serve` or redis-server."""
-
-    def __init__(self, backend: str, workdir: Path) -> None:
-        self.backend = backend
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
-        port = free_port()
-        if backend == "serve":
-            argv = [CIOPT, "cache", "serve", "--bind", f"127.0.0.1:{port}", "--store", str(workdir / "store")]
-            self.url = f"http://127.0.0.1:{port}"
-        elif backend == "redis":
-            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(workdir), "--maxmemory", "4gb",
-                    "--maxmemory-policy", "allkeys-lru"]
-            self.url = f"redis://127.0.0.1:{port}/0"
-        else:
-            raise ValueError(backend)
-        self.log = (workdir / "server.log").open("wb")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=clean_env())
-        wait_port(port, self.proc, f"{backend} cache server")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+def cache_server(backend: str, workdir: Path) -> cache_bench.Server:
+    """The shared cache every ciopt runner of one replay talks to, in an empty `workdir`: cache
+    bench's `ciopt cache serve` (run with the replay's --ciopt) or redis-server."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    if backend == "serve":
+        return cache_bench.ServeServer(workdir, ciopt=CIOPT)
+    if backend == "redis":
+        return cache_bench.RedisServer(workdir)
+    raise ValueError(backend)
 
 
 # --- one runner ----------------------------------------------------------------------------------
@@ -466,7 +427,7 @@ def mutation_check(repo: ReplayRepo, scratch: Path, commit: str, prev: str, url:
 def replay(repo: ReplayRepo, commits: list[tuple[str, str, str]], scratch: Path, backend: str,
            with_baseline: bool, mutations: int, baselines: dict[str, dict[str, Any]],
            selection: bool = True, until_mutated: bool = False) -> None:
-    server = CacheServer("serve" if backend.startswith("serve") else backend, scratch / f"server-{backend}")
+    server = cache_server("serve" if backend.startswith("serve") else backend, scratch / f"server-{backend}")
     known_passed: set[str] = set()
     mutated_left = mutations
     after_mutation = False
@@ -516,7 +477,7 @@ def replay(repo: ReplayRepo, commits: list[tuple[str, str, str]], scratch: Path,
 
 def replay_concurrently(repo: ReplayRepo, commits: list[tuple[str, str, str]], scratch: Path, runners: int,
                baselines: dict[str, dict[str, Any]]) -> None:
-    server = CacheServer("serve", scratch / "server-concurrent")
+    server = cache_server("serve", scratch / "server-concurrent")
     slots = list(range(runners))  # free runner directories
     lock = threading.Lock()
 
@@ -572,12 +533,14 @@ def wheelhouse(repos: list[ReplayRepo]) -> None:
         marker.write_text("\n".join(sorted(done)) + "\n")
 
 
+def rows_files(repo: str) -> list[Path]:
+    """Every rows file of `repo`, parts included (not those of a repository whose name extends it)."""
+    return [p for p in sorted(RESULTS.glob(f"ci_replay-rows-{repo}*.jsonl"))
+            if p.name == f"ci_replay-rows-{repo}.jsonl" or p.name.startswith(f"ci_replay-rows-{repo}-")]
+
+
 def read_rows(repo: str) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted(RESULTS.glob(f"ci_replay-rows-{repo}*.jsonl")):
-        if path.name == f"ci_replay-rows-{repo}.jsonl" or path.name.startswith(f"ci_replay-rows-{repo}-"):
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
+    return [json.loads(line) for path in rows_files(repo) for line in path.read_text().splitlines() if line.strip()]
 
 
 def report(repos: list[str], machine: dict[str, Any]) -> None:
@@ -661,9 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     wheelhouse(repos)
     for repo in repos:
         if not args.keep_rows:
-            for path in RESULTS.glob(f"ci_replay-rows-{repo.name}*.jsonl"):
-                if path.name == f"ci_replay-rows-{repo.name}.jsonl" or path.name.startswith(f"ci_replay-rows-{repo.name}-"):
-                    path.unlink()
+            for path in rows_files(repo.name):
+                path.unlink()
         commits = commit_range(repo, args.commits)
         scratch = args.scratch / repo.name
         log(f"{repo.name}: {len(commits)} commits {commits[0][1][:10]}..{commits[-1][0][:10]} ({repo.shape})")
