@@ -23,8 +23,11 @@ pytestmark = pytest.mark.timeout(240)
 def start_build(ws: Path, store: Path, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("CIOPT_CONFIG", "CIOPT_DISABLE")}
     env["CIOPT_CACHE_DIR"] = str(store)
+    # SIGINT back to its default, as buildws.spawn_ciopt does: under a suite run as a background job
+    # it is inherited ignored, and the Ctrl-C test below would wait out the whole action.
     return subprocess.Popen([sys.executable, "-m", "ciopt", "build", *args, "-o", "json"], cwd=ws, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(build: subprocess.Popen, pool: Pool) -> dict:
